@@ -1,0 +1,101 @@
+"""Backbones by timm `arch.tag`, with checkpoints loaded from local files through timm.
+
+Real and demo backbones take the same path: `create_backbone` builds the timm architecture with
+random init and no head, loads the checkpoint with timm's `checkpoint_path` (Google `.npz` through
+timm's own npz reader, `.safetensors` / `.pth` as state dicts with `weights_only=True`) after its
+sha256 has been checked, then attaches a fresh head for the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import demo  # noqa: F401  (registers vit_demo_patch4_32 with timm)
+
+log = logging.getLogger(__name__)
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built: unknown name, missing or corrupt checkpoint."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone entry of the config (`backbones.<name>`)."""
+
+    name: str
+    arch: str
+    checkpoint: str | None = None
+    sha256: str | None = None
+    url: str | None = None
+    input_size: int = 224
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict) -> "BackboneSpec":
+        known = {f for f in cls.__dataclass_fields__ if f not in ("name", "extra")}
+        values = {k: v for k, v in entry.items() if k in known}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(name=name, extra={k: v for k, v in entry.items() if k not in known}, **values)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(spec: BackboneSpec, base_dir: str | Path = ".") -> tuple[Path | None, str | None]:
+    """Path and sha256 of the spec's checkpoint, verified. (None, None) for a random-init backbone."""
+    if not spec.checkpoint:
+        return None, None
+    path = Path(base_dir, spec.checkpoint)
+    if not path.is_file():
+        where = f" Download it from {spec.url} and" if spec.url else ""
+        raise BackboneError(
+            f"checkpoint of backbone '{spec.name}' ({spec.arch}) not found at {path}.{where} place it at that "
+            f"path (or set backbones.{spec.name}.checkpoint in the config).")
+    digest = sha256_of(path)
+    if spec.sha256 and digest != spec.sha256.lower():
+        raise BackboneError(
+            f"checkpoint {path} has sha256 {digest}, but backbones.{spec.name}.sha256 says {spec.sha256}; "
+            f"refusing a file that is not the one the config names")
+    if not spec.sha256:
+        log.warning("backbone %s: no sha256 in config; file %s has sha256 %s", spec.name, path, digest)
+    return path, digest
+
+
+def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = True,
+                    drop_path_rate: float = 0.0, base_dir: str | Path = "."):
+    """Build `spec.arch` with its checkpoint loaded (if `pretrained`) and a new head for the task.
+
+    Returns (model, checkpoint_sha256 or None).
+    """
+    import timm
+    import torch
+
+    path, digest = resolve_checkpoint(spec, base_dir) if pretrained else (None, None)
+    try:
+        model = timm.create_model(spec.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
+                                  checkpoint_path=str(path) if path else "")
+    except RuntimeError as err:  # key mismatch: say which file and architecture
+        raise BackboneError(f"cannot load {path} into {spec.arch}: {err}") from err
+    model.reset_classifier(num_classes)
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        # timm's ViT head init (trunc-normal 0.02, zero bias): small logits, but non-zero so that
+        # gradients reach the method's branches from the first step.
+        torch.nn.init.trunc_normal_(head.weight, std=0.02)
+        torch.nn.init.zeros_(head.bias)
+    return model, digest

@@ -1,0 +1,127 @@
+"""The `vpeft` command line: inspect methods, count parameters, and run single steps by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def cmd_methods(args) -> int:
+    from .methods import available_methods, get_method_class
+
+    rows = []
+    for name in available_methods():
+        cls = get_method_class(name)
+        rows.append({"name": name, "category": cls.category, "mergeable": cls.mergeable, "paper": cls.paper})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'name':<{width}}  {'category':<18}  mergeable  paper")
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['category']:<18}  {'yes' if r['mergeable'] else 'no':<9}  {r['paper']}")
+    return 0
+
+
+def cmd_count(args) -> int:
+    import timm
+
+    from . import backbones  # noqa: F401  (registers the demo architecture with timm)
+    from .methods import apply_method, build_method
+
+    try:
+        method = build_method(args.method, _parse_sets(args.set))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        model = timm.create_model(args.backbone, pretrained=False, num_classes=args.num_classes)
+    except RuntimeError as err:
+        raise SystemExit(f"error: unknown backbone architecture {args.backbone!r} ({err}); "
+                         f"list them with: python -c \"import timm; print(timm.list_models())\"") from None
+    applied = apply_method(model, method)
+    counts = applied.parameter_counts()
+    out = {"method": args.method, "backbone": args.backbone, "num_classes": args.num_classes,
+           "hparams": method.config.to_dict(), "trainable_params": counts["trainable"],
+           "trainable_params_with_head": counts["trainable_with_head"], "head_params": counts["head"],
+           "total_params": counts["total"], "matched_modules": len(applied.matched)}
+    if args.show_matched:
+        out["matched"] = applied.matched
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .data.synthetic.vtab_mini import generate_task
+
+    sizes = {"train800": args.train, "val200": args.val, "test": args.test}
+    print(json.dumps(generate_task(args.task, args.out, seed=args.seed, sizes=sizes, image_size=args.image_size)))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .engine.pretrain import PretrainConfig, pretrain_demo_backbone
+    from .logs import log_to_file
+
+    log_to_file(None)
+    cfg = PretrainConfig(seed=args.seed, epochs=args.epochs, num_classes=args.num_classes,
+                         images_per_class=args.images_per_class)
+    summary = pretrain_demo_backbone(args.out, cfg, threads=args.threads)
+    print(json.dumps({k: summary[k] for k in ("checkpoint", "sha256", "wall_seconds")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpeft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", help="list registered methods (name, category, mergeable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("count", help="apply a method to a random-init backbone and count trainable parameters")
+    p.add_argument("method")
+    p.add_argument("--backbone", required=True, help="timm architecture, e.g. vit_base_patch16_224")
+    p.add_argument("--num-classes", type=int, default=100, help="head size (default 100)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
+    p.add_argument("--show-matched", action="store_true", help="list the modules the method matched")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("generate", help="generate one embedded task in the VTAB-1k layout")
+    p.add_argument("task")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=160)
+    p.add_argument("--val", type=int, default=40)
+    p.add_argument("--test", type=int, default=400)
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pretrain", help="pretrain the demo backbone on rendered fractals")
+    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--images-per-class", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

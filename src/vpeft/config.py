@@ -1,0 +1,179 @@
+"""Loading, validating and resolving the benchmark config into per-run settings.
+
+The workflow (workflow/rules/common.smk) and the tests call these functions; nothing here imports
+torch, so the Snakemake process stays light.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the offending key."""
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def validate_against_schema(data: dict, schema_path: str | Path, what: str = "config") -> None:
+    """Validate with JSON Schema; raise ConfigError naming the key path of the first (deepest) error."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schema_path = Path(schema_path)
+    # Schemas in the same folder may $ref each other by file name.
+    registry = Registry().with_resources(
+        (p.name, Resource.from_contents(yaml.safe_load(p.read_text())))
+        for p in schema_path.parent.glob("*.schema.yaml"))
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        err = errors[0]
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{what}: invalid value at '{_key_path(err.absolute_path)}': {err.message}{more}")
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """Recursive dict merge; `override` wins, lists are replaced, `base` is not modified."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def resolve_suites(config: dict) -> dict[str, dict]:
+    """Suites with `extends:` expanded (one level of inheritance is enough and stays readable)."""
+    suites = config["suites"]
+    resolved = {}
+    for name, suite in suites.items():
+        parent = suite.get("extends")
+        if parent is None:
+            resolved[name] = copy.deepcopy(suite)
+            continue
+        if parent not in suites:
+            raise ConfigError(f"suites.{name}.extends: unknown suite '{parent}'; valid: {', '.join(sorted(suites))}")
+        if "extends" in suites[parent]:
+            raise ConfigError(f"suites.{name}.extends: '{parent}' itself extends another suite; chains are not allowed")
+        merged = {k: v for k, v in deep_merge(suites[parent], suite).items() if k != "extends"}
+        merged["data_suite"] = suites[parent].get("data_suite", parent)
+        resolved[name] = merged
+    for name, suite in resolved.items():
+        suite.setdefault("data_suite", name)
+    return resolved
+
+
+def load_method_configs(methods_dir: str | Path, schema_path: str | Path | None = None) -> dict[str, dict]:
+    """config/methods/<name>.yaml for every method, validated (schema, registry, typed hparams)."""
+    from .methods import available_methods, get_method_class
+    from .methods.base import MethodError
+
+    registered = set(available_methods())
+    out = {}
+    for path in sorted(Path(methods_dir).glob("*.yaml")):
+        name = path.stem
+        data = load_yaml(path) or {}
+        if schema_path:
+            validate_against_schema(data, schema_path, what=str(path))
+        if name not in registered:
+            raise ConfigError(f"{path}: no method named '{name}' is registered; valid: {', '.join(sorted(registered))}")
+        cls = get_method_class(name)
+        for where, hparams in _all_hparams(data):
+            try:
+                cls.config_cls.from_dict(hparams, method=name)
+            except MethodError as err:
+                raise ConfigError(f"{path}: {where}: {err}") from None
+        out[name] = data
+    return out
+
+
+def _all_hparams(method_yaml: dict):
+    yield "hparams", method_yaml.get("hparams") or {}
+    for suite, entry in (method_yaml.get("suites") or {}).items():
+        base = deep_merge(method_yaml.get("hparams") or {}, entry.get("hparams"))
+        yield f"suites.{suite}.hparams", base
+        for task, t_entry in (entry.get("tasks") or {}).items():
+            yield f"suites.{suite}.tasks.{task}.hparams", deep_merge(base, (t_entry or {}).get("hparams"))
+
+
+def data_root(config: dict, suites: dict[str, dict], suite_name: str) -> str:
+    """Folder holding the suite's task folders: generated ones under resources, external ones at `root`."""
+    suite = suites[suite_name]
+    if suite["source"] == "embedded":
+        return str(Path(config["resources_dir"]) / "data" / suite["data_suite"])
+    if not suite.get("root"):
+        raise ConfigError(f"suites.{suite_name}.root: an external suite needs the folder of its data")
+    return suite["root"]
+
+
+def suite_methods(suite_name: str, suite: dict, method_configs: dict[str, dict]) -> list[str]:
+    methods = suite.get("methods", "all")
+    if methods == "all":
+        return sorted(method_configs)
+    unknown = [m for m in methods if m not in method_configs]
+    if unknown:
+        raise ConfigError(f"suites.{suite_name}.methods: unknown method(s) {unknown}; "
+                          f"valid: {', '.join(sorted(method_configs))}")
+    return list(methods)
+
+
+def check_known(kind: str, name: str, valid) -> None:
+    """Raise a ConfigError listing the valid names when `name` is not one of them."""
+    if name not in valid:
+        raise ConfigError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str, dict],
+                suite_name: str, method: str, task: str, seed: int) -> dict:
+    """The complete settings of one run, as `vpeft.engine.train.RunConfig` takes them."""
+    check_known("suite", suite_name, suites)
+    suite = suites[suite_name]
+    check_known("method", method, suite_methods(suite_name, suite, method_configs))
+    check_known("task", task, suite["tasks"])
+    task_entry = suite["tasks"][task] or {}
+    m_yaml = method_configs[method]
+    m_suite = (m_yaml.get("suites") or {}).get(suite_name) or {}
+    m_task = (m_suite.get("tasks") or {}).get(task) or {}
+
+    training = config["training"]
+    for layer in (suite.get("training"), task_entry.get("training"), m_yaml.get("training"),
+                  m_suite.get("training"), m_task.get("training")):
+        training = deep_merge(training, layer)
+    hparams = {}
+    for layer in (m_yaml.get("hparams"), m_suite.get("hparams"), m_task.get("hparams")):
+        hparams = deep_merge(hparams, layer)
+
+    backbone_name = suite["backbone"]
+    check_known("backbone", backbone_name, config["backbones"])
+    backbone = dict(config["backbones"][backbone_name], name=backbone_name)
+    protocol_name = suite["protocol"]
+    check_known("protocol", protocol_name, config["protocols"])
+    return {
+        "suite": suite_name,
+        "task": task,
+        "method": method,
+        "seed": int(seed),
+        "task_dir": str(Path(data_root(config, suites, suite_name)) / task),
+        "num_classes": int(task_entry["num_classes"]),
+        "backbone": backbone,
+        "protocol": dict(config["protocols"][protocol_name], name=protocol_name),
+        "method_hparams": hparams,
+        "training": training,
+        "pretrained": bool(backbone.get("checkpoint")),
+    }

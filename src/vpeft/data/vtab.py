@@ -1,0 +1,48 @@
+"""VTAB-1k task folders in the NOAH layout (catalog §6.1); the embedded suites use the same layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .splits import DataError, read_split_file
+
+SPLITS = ("train800", "val200", "train800val200", "test")
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot decode image {path}: {err}") from None
+
+
+class VtabSplit(Dataset):
+    """One split of one task: (image tensor, label) pairs read through `transform`."""
+
+    def __init__(self, task_dir: str | Path, split: str, transform, num_classes: int | None = None):
+        if split not in SPLITS:
+            raise DataError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+        self.task_dir = Path(task_dir)
+        self.split = split
+        self.items = read_split_file(self.task_dir / f"{split}.txt", num_classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        rel, label = self.items[index]
+        return self.transform(load_image(self.task_dir / rel)), label
+
+
+def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
+    """Decode a deterministic split once into memory (no augmentation: every epoch sees the same tensors)."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.utils.data.TensorDataset(torch.stack(images), torch.tensor(labels, dtype=torch.long))

@@ -1,0 +1,246 @@
+"""The method API every PEFT method implements.
+
+A method is a `PeftMethod` subclass with a typed `MethodConfig`. `apply_method` injects it into an
+*unmodified* timm model by module names, freezes everything the method does not own, and keeps the
+classifier head trainable. Layers a method adds derive from `MethodLayer`; wrappers keep the frozen
+original as `base_layer` and never edit it except inside an explicit `merge()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+CATEGORIES = ("baseline", "partial", "addition", "reparameterization", "side", "unified")
+
+
+class MethodError(ValueError):
+    """A method cannot be configured or applied as asked."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of all method configs. Subclasses are dataclasses whose fields are hyper-parameters,
+    named in the papers' terms (`rank`, `alpha`, `bottleneck`, `num_tokens`), with defaults and a
+    `help` entry in the field metadata."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `MethodError` on inconsistent values. Override in subclasses."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, *, method: str = "") -> "MethodConfig":
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            valid = ", ".join(sorted(fields)) or "(none)"
+            raise MethodError(
+                f"unknown hyper-parameter(s) {unknown} for method '{method or cls.__name__}'; valid: {valid}"
+            )
+        coerced = {}
+        for key, value in values.items():
+            coerced[key] = _coerce(value, fields[key].type, f"{method or cls.__name__}.{key}")
+        return cls(**coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Accept YAML/CLI strings for simple scalar fields; reject values of the wrong kind clearly."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind == "str":
+            return str(value)
+        if kind.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise MethodError(f"{where}: expected {kind}, got {value!r}") from None
+    return value
+
+
+class MethodLayer(nn.Module):
+    """Marker base for every module a method adds. Its own parameters are the method's trainable
+    tensors; a wrapped frozen original, if any, lives in `self.base_layer` and stays frozen."""
+
+    def method_parameters(self):
+        for name, param in self.named_parameters():
+            if not name.startswith("base_layer."):
+                yield name, param
+
+    def merge(self) -> None:  # pragma: no cover - overridden by mergeable layers
+        raise MethodError(f"{type(self).__name__} cannot be merged into the backbone")
+
+    def unmerge(self) -> None:  # pragma: no cover
+        raise MethodError(f"{type(self).__name__} cannot be unmerged")
+
+
+class PeftMethod:
+    """One PEFT method. Subclasses set the class attributes and implement `inject`."""
+
+    name: ClassVar[str]
+    category: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]]
+    mergeable: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    #: True when the backbone needs no gradient (side-tuning): the engine may run it under no_grad.
+    needs_backbone_grad: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config if config is not None else self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise MethodError(f"{self.name} expects {self.config_cls.__name__}, got {type(self.config).__name__}")
+
+    # -- to implement -------------------------------------------------------------------------
+    def inject(self, model: nn.Module) -> list[str]:
+        """Add the method's layers to `model` in place; return the names of the modules it acted on."""
+        raise NotImplementedError
+
+    def select_backbone_parameters(self, model: nn.Module) -> list[str]:
+        """Names of *existing* backbone parameters the method trains (BitFit: biases). Default: none."""
+        return []
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def merge(self, model: nn.Module) -> None:
+        """Fold the method into the backbone weights so inference runs the plain architecture."""
+        if not self.mergeable:
+            raise MethodError(f"method '{self.name}' is not mergeable")
+        for layer in method_layers(model):
+            layer.merge()
+
+    def unmerge(self, model: nn.Module) -> None:
+        if not self.mergeable:
+            raise MethodError(f"method '{self.name}' is not mergeable")
+        for layer in method_layers(model):
+            layer.unmerge()
+
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        """Merge, then replace every wrapper by its base layer: the result is a plain timm model."""
+        self.merge(model)
+        for parent, child_name, layer in list(_method_layer_slots(model)):
+            base = getattr(layer, "base_layer", None)
+            if base is None:
+                raise MethodError(f"{type(layer).__name__} at {child_name} has no base layer to restore")
+            setattr(parent, child_name, base)
+        return model
+
+
+def method_layers(model: nn.Module) -> list[MethodLayer]:
+    return [m for m in model.modules() if isinstance(m, MethodLayer)]
+
+
+def _method_layer_slots(model: nn.Module):
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, MethodLayer):
+                yield parent, child_name, child
+
+
+def match_modules(model: nn.Module, pattern: str, kind: type[nn.Module] | tuple | None = None) -> list[str]:
+    """Names of modules whose full name matches `pattern` (re.search) and, if given, of type `kind`."""
+    regex = re.compile(pattern)
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and regex.search(name) and (kind is None or isinstance(module, kind))
+    ]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def classifier_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters of the classification head (timm's `get_classifier()`), by full name."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        return set()
+    ids = {id(p) for p in head.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@dataclass
+class AppliedMethod:
+    """The result of `apply_method`: the model (modified in place) and what the method did."""
+
+    model: nn.Module
+    method: PeftMethod
+    matched: list[str]
+
+    def parameter_counts(self) -> dict[str, int]:
+        return count_parameters(self.model)
+
+    def merge_and_unload(self) -> nn.Module:
+        if self.method.mergeable:
+            self.model = self.method.merge_and_unload(self.model)
+        return self.model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters with and without the head, plus totals (shared tensors counted once)."""
+    head_names = classifier_parameter_names(model)
+    seen: set[int] = set()
+    trainable = head = head_trainable = total = 0
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        n = param.numel()
+        total += n
+        if name in head_names:
+            head += n
+            head_trainable += n if param.requires_grad else 0
+        elif param.requires_grad:
+            trainable += n
+    return {
+        "trainable": trainable,
+        "trainable_with_head": trainable + head_trainable,
+        "head": head,
+        "total": total,
+    }
+
+
+def apply_method(model: nn.Module, method: PeftMethod) -> AppliedMethod:
+    """Inject `method` into `model`, freeze everything else, keep the head trainable."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    matched = method.inject(model)
+    selected = set(method.select_backbone_parameters(model))
+    for name, param in model.named_parameters():
+        if name in selected:
+            param.requires_grad_(True)
+    for layer in method_layers(model):
+        for _, param in layer.method_parameters():
+            param.requires_grad_(True)
+    head = classifier_parameter_names(model)
+    for name, param in model.named_parameters():
+        if name in head:
+            param.requires_grad_(True)
+    return AppliedMethod(model=model, method=method, matched=matched)

@@ -1,0 +1,41 @@
+"""BitFit (Zaken et al., 2022): train only the bias terms of the frozen backbone.
+
+As in V-PETL, every parameter whose name contains "bias" is trained: linear biases, LayerNorm betas,
+the patch-embedding bias, and on Swin the relative-position-bias tables (the published Swin counts
+include them). On ViT-B/16 that is 12 x 8,448 + 768 + 768 = 102,912 parameters.
+"""
+
+from dataclasses import dataclass
+
+from .base import PeftMethod, MethodConfig, classifier_parameter_names
+from .registry import register_method
+
+
+@dataclass
+class BitFitConfig(MethodConfig):
+    """BitFit has no hyper-parameters: the selection rule is fixed."""
+
+
+@register_method
+class BitFit(PeftMethod):
+    name = "bitfit"
+    category = "partial"
+    config_cls = BitFitConfig
+    mergeable = True  # the trained biases are ordinary backbone tensors
+    paper = "Zaken et al., BitFit, ACL 2022"
+
+    def inject(self, model):
+        return sorted({n.rpartition(".")[0] for n in self.select_backbone_parameters(model)})
+
+    def select_backbone_parameters(self, model):
+        head = classifier_parameter_names(model)
+        return [n for n, _ in model.named_parameters() if "bias" in n.rpartition(".")[2] and n not in head]
+
+    def merge(self, model):
+        """Already merged: BitFit edits backbone tensors directly."""
+
+    def unmerge(self, model):
+        """Nothing to unfold."""
+
+    def merge_and_unload(self, model):
+        return model

@@ -1,0 +1,26 @@
+"""Full fine-tuning: every backbone parameter is trained (the reference upper bound on cost)."""
+
+from dataclasses import dataclass
+
+from .base import MethodConfig, PeftMethod
+from .registry import register_method
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    """Full fine-tuning has no hyper-parameters of its own."""
+
+
+@register_method
+class Full(PeftMethod):
+    name = "full"
+    category = "baseline"
+    config_cls = FullConfig
+    mergeable = False  # nothing to merge: the weights themselves change
+    paper = "standard fine-tuning"
+
+    def inject(self, model):
+        return ["*"]
+
+    def select_backbone_parameters(self, model):
+        return [name for name, _ in model.named_parameters()]

@@ -1,0 +1,50 @@
+"""The method registry: the single source of truth for which methods exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .base import CATEGORIES, MethodConfig, MethodError, PeftMethod
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_METHODS: dict[str, type[PeftMethod]] = {}
+
+
+def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
+    """Class decorator: validate and register a method. Called once per method module."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise MethodError(f"method name {name!r} must be lowercase words joined by hyphens")
+    if name in _METHODS and _METHODS[name] is not cls:
+        raise MethodError(f"method name '{name}' is already registered by {_METHODS[name].__module__}")
+    if getattr(cls, "category", None) not in CATEGORIES:
+        raise MethodError(f"method '{name}': category must be one of {CATEGORIES}")
+    config_cls = getattr(cls, "config_cls", None)
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)
+            and dataclasses.is_dataclass(config_cls)):
+        raise MethodError(f"method '{name}': config_cls must be a MethodConfig dataclass")
+    _METHODS[name] = cls
+    return cls
+
+
+def _ensure_loaded() -> None:
+    from . import _discover  # noqa: F401  (imports every method module once)
+
+
+def available_methods() -> list[str]:
+    _ensure_loaded()
+    return sorted(_METHODS)
+
+
+def get_method_class(name: str) -> type[PeftMethod]:
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise MethodError(f"unknown method '{name}'; valid methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def build_method(name: str, hparams: dict | None = None) -> PeftMethod:
+    """Instantiate a method from its name and a dict of hyper-parameters (validated by its config)."""
+    cls = get_method_class(name)
+    return cls(cls.config_cls.from_dict(hparams, method=name))

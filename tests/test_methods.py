@@ -1,0 +1,212 @@
+"""One parametrised table over every method: trainability, gradients, counts, init, merge.
+
+Small models check behaviour; a random-init ViT-B/16 checks the parameter formulas at real size.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from vpeft.methods import (
+    MethodError,
+    apply_method,
+    available_methods,
+    build_method,
+    get_method_class,
+    method_layers,
+)
+
+D, L, H = 768, 12, 3072  # ViT-B/16 width, depth, MLP width
+
+# name -> (hparams for the small model, hparams at ViT-B/16, formula at ViT-B/16, published count or None)
+CASES = {
+    "full": ({}, {}, lambda: 85_798_656, 85_798_656),
+    "linear": ({}, {}, lambda: 0, 0),
+    "bitfit": ({}, {}, lambda: L * (3 * D + D + H + D + 2 * D) + D + D, 102_912),
+    "lora": ({"rank": 4}, {"rank": 8}, lambda: L * 4 * D * 8, 294_912),
+    "adapter": ({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), 156_768),
+    "vpt-shallow": ({"num_tokens": 3}, {"num_tokens": 100}, lambda: 100 * D, 76_800),
+    "vpt-deep": ({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 10 * D, None),
+}
+# Methods whose wrapped model computes exactly the frozen model at init.
+IDENTITY_AT_INIT = {"full", "linear", "bitfit", "lora", "adapter"}
+
+
+def test_every_registered_method_is_in_the_table():
+    assert sorted(CASES) == available_methods()
+
+
+def small_vit(num_classes: int = 5) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
+                             depth=2, num_heads=3, num_classes=num_classes)
+
+
+def batch(n: int = 6, num_classes: int = 5):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % num_classes
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_only_method_tensors_and_head_are_trainable(name):
+    model = small_vit()
+    applied = apply_method(model, build_method(name, CASES[name][0]))
+    assert applied.matched, "a method must say which modules it acted on"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {"head.weight", "head.bias"}
+    assert head <= trainable
+    owned = set()
+    for prefix, module in model.named_modules():
+        if module in method_layers(model):
+            owned |= {f"{prefix}.{n}" for n, _ in module.method_parameters()}
+    rest = trainable - head - owned
+    if name == "full":
+        assert trainable == {n for n, _ in model.named_parameters()}
+    elif name == "bitfit":
+        assert rest and all(n.rpartition(".")[2] == "bias" for n in rest)
+    else:
+        assert rest == set(), f"{name} trains backbone tensors it does not own: {sorted(rest)[:5]}"
+    if name not in ("full", "linear", "bitfit"):
+        assert owned, f"{name} added no trainable tensors"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_trainable_tensor_gets_gradient_and_frozen_ones_do_not(name):
+    """Two optimiser steps on a real batch: zero-init branches (LoRA B, adapter up) become live after
+    the first, so by the second backward every trainable tensor must have a non-zero gradient."""
+    model = small_vit()
+    apply_method(model, build_method(name, CASES[name][0]))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = batch()
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if step == 0:
+            opt.step()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {n} gets no gradient"
+        else:
+            assert p.grad is None, f"{name}: frozen {n} received a gradient"
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"{name}: frozen {n} was modified"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_follows_formula_at_vit_b16(name, vit_b16):
+    _, hparams, formula, published = CASES[name]
+    model = copy.deepcopy(vit_b16)
+    counts = apply_method(model, build_method(name, hparams)).parameter_counts()
+    assert counts["trainable"] == formula()
+    if published is not None:
+        assert counts["trainable"] == published
+    assert counts["head"] == 769 * 10
+    assert counts["trainable_with_head"] == counts["trainable"] + counts["head"]
+
+
+@pytest.mark.parametrize("name", sorted(IDENTITY_AT_INIT))
+def test_output_unchanged_at_init(name):
+    model = small_vit().eval()
+    reference = copy.deepcopy(model)
+    apply_method(model, build_method(name, CASES[name][0]))
+    x, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), reference.forward_features(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if get_method_class(n).mergeable))
+def test_merged_model_equals_unmerged(name):
+    model = small_vit().eval()
+    applied = apply_method(model, build_method(name, CASES[name][0]))
+    with torch.no_grad():  # move away from the identity init so merging has something to fold in
+        for layer in method_layers(model):
+            for _, p in layer.method_parameters():
+                p.normal_(0, 0.1)
+    x, _ = batch()
+    with torch.no_grad():
+        before = model(x)
+        plain = applied.merge_and_unload()
+        after = plain(x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    assert not method_layers(plain), "merge_and_unload must leave the plain timm architecture"
+    assert set(plain.state_dict()) == set(small_vit().state_dict())
+
+
+def test_lora_unmerge_restores_frozen_weight():
+    model = small_vit().eval()
+    method = build_method("lora", {"rank": 2})
+    apply_method(model, method)
+    layer = method_layers(model)[0]
+    with torch.no_grad():
+        layer.lora_B["q"].normal_()
+    original = layer.base_layer.weight.detach().clone()
+    method.merge(model)
+    assert not torch.equal(layer.base_layer.weight, original)
+    method.unmerge(model)
+    torch.testing.assert_close(layer.base_layer.weight, original, rtol=0, atol=1e-6)
+
+
+def test_lora_acts_on_q_and_v_thirds_only():
+    model = small_vit().eval()
+    apply_method(model, build_method("lora", {"rank": 2}))
+    layer = method_layers(model)[0]
+    with torch.no_grad():
+        for p in layer.lora_B.values():
+            p.normal_()
+    delta = layer.delta_weight()
+    d = delta.shape[0] // 3
+    assert delta[:d].abs().sum() > 0 and delta[2 * d:].abs().sum() > 0
+    assert delta[d:2 * d].abs().sum() == 0
+
+
+def test_vpt_keeps_token_layout_for_the_head():
+    model = small_vit().eval()
+    apply_method(model, build_method("vpt-deep", {"num_tokens": 3}))
+    x, _ = batch()
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+    assert tokens.shape[1] == 1 + (32 // 8) ** 2
+
+
+@pytest.mark.parametrize("name", ["bitfit", "lora", "adapter", "linear", "full"])
+def test_generic_methods_apply_to_swin(name):
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
+                              depths=(1, 1), num_heads=(1, 2), window_size=7, num_classes=3)
+    applied = apply_method(model, build_method(name, CASES[name][0]))
+    out = model(torch.randn(2, 3, 56, 56))
+    out.sum().backward()
+    assert out.shape == (2, 3)
+    assert applied.parameter_counts()["trainable_with_head"] > 0
+
+
+def test_vpt_on_swin_is_refused_clearly():
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
+                              depths=(1, 1), num_heads=(1, 2), window_size=7, num_classes=3)
+    with pytest.raises(MethodError, match="ViT-style"):
+        apply_method(model, build_method("vpt-shallow", {"num_tokens": 2}))
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(MethodError, match="valid methods: adapter, bitfit"):
+        build_method("loraa")
+
+
+def test_unknown_or_bad_hyperparameter_is_named():
+    with pytest.raises(MethodError, match=r"unknown hyper-parameter\(s\) \['rnak'\].*valid: .*rank"):
+        build_method("lora", {"rnak": 4})
+    with pytest.raises(MethodError, match="lora.rank: expected int"):
+        build_method("lora", {"rank": "four"})
+    with pytest.raises(MethodError, match="rank must be >= 1"):
+        build_method("lora", {"rank": 0})

@@ -1,0 +1,145 @@
+# Config validation and the input functions every rule uses. The logic lives in the library
+# (vpeft.config); this file only wires it to Snakemake.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from vpeft.config import (  # noqa: E402
+    ConfigError,
+    data_root,
+    load_method_configs,
+    resolve_run,
+    resolve_suites,
+    suite_methods,
+    validate_against_schema,
+)
+
+SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+ENV = "../../envs/vpeft.yaml"
+
+try:
+    validate_against_schema(config, SCHEMAS / "config.schema.yaml")
+    SUITES = resolve_suites(config)
+    METHOD_CONFIGS = load_method_configs(Path(workflow.basedir) / "config" / "methods",
+                                         SCHEMAS / "method.schema.yaml")
+    for _suite in config["default_suites"]:
+        if _suite not in SUITES:
+            raise ConfigError(f"default_suites: unknown suite '{_suite}'; valid: {', '.join(sorted(SUITES))}")
+    SUITE_METHODS = {name: suite_methods(name, suite, METHOD_CONFIGS) for name, suite in SUITES.items()}
+except ConfigError as _err:
+    raise WorkflowError(f"invalid configuration: {_err}") from None
+
+RES = config["resources_dir"]
+SEEDS = config["seeds"]
+
+
+def _alternatives(names):
+    return "|".join(sorted(names, key=len, reverse=True))
+
+
+wildcard_constraints:
+    suite=_alternatives(SUITES),
+    method=_alternatives(METHOD_CONFIGS),
+    task="[a-z0-9_]+",
+    seed=r"\d+",
+
+
+# -- data --------------------------------------------------------------------------------------
+def embedded_data_suites():
+    return sorted({s["data_suite"] for s in SUITES.values() if s["source"] == "embedded"})
+
+
+def get_generation_params(wildcards):
+    suite = SUITES[wildcards.suite]
+    return {"task": wildcards.task, "seed": suite.get("seed", 0), "sizes": suite["sizes"],
+            "image_size": suite.get("image_size", 32)}
+
+
+def get_task_data_input(wildcards):
+    """Embedded suites: the generated folder (a rule makes it). External: nothing to build."""
+    suite = SUITES[wildcards.suite]
+    if suite["source"] == "embedded":
+        return [f"{data_root(config, SUITES, wildcards.suite)}/{wildcards.task}"]
+    return []
+
+
+def get_task_check_params(wildcards):
+    suite = SUITES[wildcards.suite]
+    return {"task_dir": f"{data_root(config, SUITES, wildcards.suite)}/{wildcards.task}",
+            "num_classes": suite["tasks"][wildcards.task]["num_classes"],
+            "source": suite["source"], "suite": wildcards.suite, "task": wildcards.task}
+
+
+def get_task_index(wildcards):
+    data_suite = SUITES[wildcards.suite]["data_suite"]
+    return f"{RES}/index/{data_suite}/{wildcards.task}.json"
+
+
+# -- backbones -----------------------------------------------------------------------------------
+def downloadable_checkpoints():
+    return {b["checkpoint"]: dict(b, name=n) for n, b in config["backbones"].items()
+            if b.get("checkpoint") and b["checkpoint"].startswith(f"{RES}/")}
+
+
+def get_backbone_checkpoint(wildcards):
+    backbone = config["backbones"][SUITES[wildcards.suite]["backbone"]]
+    return [backbone["checkpoint"]] if backbone.get("checkpoint") else []
+
+
+def get_download_params(wildcards):
+    path = f"{RES}/backbones/{wildcards.filename}"
+    entry = downloadable_checkpoints().get(path)
+    if entry is None:
+        raise WorkflowError(f"no backbone in the config has checkpoint {path}")
+    return {"name": entry["name"], "url": entry.get("url"), "sha256": entry.get("sha256")}
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def get_run_config(wildcards):
+    try:
+        return resolve_run(config, SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method,
+                           wildcards.task, int(wildcards.seed))
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def run_path(suite, method, task, seed):
+    return f"results/{suite}/{method}/{task}/seed-{seed}/metrics.json"
+
+
+def get_method_runs(wildcards):
+    suite = SUITES[wildcards.suite]
+    if wildcards.method not in SUITE_METHODS[wildcards.suite]:
+        raise WorkflowError(f"method '{wildcards.method}' is not part of suite '{wildcards.suite}'; "
+                            f"its methods: {', '.join(SUITE_METHODS[wildcards.suite])}")
+    return [run_path(wildcards.suite, wildcards.method, t, s) for t in suite["tasks"] for s in SEEDS]
+
+
+def suite_runs(name):
+    return [run_path(name, m, t, s) for m in SUITE_METHODS[name] for t in SUITES[name]["tasks"] for s in SEEDS]
+
+
+def get_suite_runs(wildcards):
+    return suite_runs(wildcards.suite)
+
+
+def get_report_runs(wildcards):
+    return [run for name in config["default_suites"] for run in suite_runs(name)]
+
+
+def get_suite_report_info(wildcards):
+    return suite_report_info(wildcards.suite)
+
+
+def suite_report_info(name):
+    suite = SUITES[name]
+    backbone = config["backbones"][suite["backbone"]]
+    return {"title": suite.get("title", name), "kind": suite["kind"], "protocol": suite["protocol"],
+            "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
+            "tasks": list(suite["tasks"]), "groups": {t: e["group"] for t, e in suite["tasks"].items()},
+            "published": suite.get("published"), "notes": []}
+
+
+def get_final_output():
+    return ["reports/index.html"]
