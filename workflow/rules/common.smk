@@ -138,7 +138,7 @@ def suite_report_info(name):
     return {"title": suite.get("title", name), "kind": suite["kind"], "protocol": suite["protocol"],
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": {t: e["group"] for t, e in suite["tasks"].items()},
-            "published": suite.get("published"), "notes": []}
+            "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": []}
 
 
 def get_final_output():

@@ -1,0 +1,94 @@
+"""Config validation names the bad key; resolution follows the documented precedence."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from vpeft.config import (
+    ConfigError,
+    load_method_configs,
+    load_yaml,
+    resolve_run,
+    resolve_suites,
+    validate_against_schema,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+METHOD_SCHEMA = ROOT / "workflow/schemas/method.schema.yaml"
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_yaml(ROOT / "config/config.yaml")
+
+
+@pytest.fixture(scope="module")
+def methods():
+    return load_method_configs(ROOT / "config/methods", METHOD_SCHEMA)
+
+
+def test_shipped_config_is_valid(config, methods):
+    validate_against_schema(config, SCHEMA)
+    assert set(methods) == {"full", "linear", "bitfit", "lora", "adapter", "vpt-shallow", "vpt-deep"}
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("suites", "vtab-mini", "training", "epochs"), "ten", r"'suites\.vtab-mini\.training\.epochs'.*not of type 'integer'"),
+    (("training", "lr"), -1, r"'training\.lr'"),
+    (("suites", "vtab", "tasks", "dtd", "group"), "nature", r"'suites\.vtab\.tasks\.dtd\.group'"),
+    (("backbones", "vit-demo", "sha256"), "xyz", r"'backbones\.vit-demo\.sha256'"),
+    (("training", "learning_rate"), 0.1, r"'training'.*learning_rate"),
+])
+def test_schema_errors_name_the_key(config, path, value, message):
+    bad = copy.deepcopy(config)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_against_schema(bad, SCHEMA)
+
+
+def test_precedence_global_suite_task_method(config, methods):
+    suites = resolve_suites(config)
+    run = resolve_run(config, suites, methods, "vtab", "lora", "cifar", 1)
+    assert run["training"]["lr"] == 5e-3  # lora.yaml suites.vtab.tasks.cifar beats the task's shared-list value
+    assert resolve_run(config, suites, methods, "vtab", "adapter", "cifar", 1)["training"]["lr"] == 0.01
+    assert resolve_run(config, suites, methods, "vtab", "adapter", "dtd", 1)["training"]["train_aug"] is True
+    mini = resolve_run(config, suites, methods, "vtab-mini", "vpt-shallow", "digits", 1)
+    assert mini["method_hparams"] == {"num_tokens": 8}
+    assert mini["training"]["epochs"] == config["suites"]["vtab-mini"]["training"]["epochs"]
+    assert mini["task_dir"] == "resources/data/vtab-mini/digits"
+
+
+def test_extended_suite_shares_data_and_changes_backbone(config, methods):
+    suites = resolve_suites(config)
+    scratch = resolve_run(config, suites, methods, "vtab-mini-scratch", "linear", "digits", 1)
+    assert scratch["task_dir"] == "resources/data/vtab-mini/digits"
+    assert scratch["backbone"]["name"] == "vit-demo-random" and scratch["pretrained"] is False
+
+
+@pytest.mark.parametrize("suite, method, task, message", [
+    ("vtab-mini", "loraa", "digits", "unknown method 'loraa'; valid methods: adapter, bitfit"),
+    ("vtab-mini", "lora", "cifar", "unknown task 'cifar'; valid tasks: clevr_count, digits"),
+    ("vtab-maxi", "lora", "digits", "unknown suite 'vtab-maxi'; valid suites: vtab, vtab-mini"),
+])
+def test_unknown_names_list_the_valid_ones(config, methods, suite, method, task, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_run(config, resolve_suites(config), methods, suite, method, task, 1)
+
+
+def test_method_yaml_with_unknown_hparam_is_rejected(tmp_path):
+    (tmp_path / "lora.yaml").write_text("hparams: {rank: 8, rnak: 2}\n")
+    with pytest.raises(ConfigError, match=r"lora\.yaml: hparams: unknown hyper-parameter\(s\) \['rnak'\]"):
+        load_method_configs(tmp_path, METHOD_SCHEMA)
+
+
+def test_method_yaml_for_unregistered_method_is_rejected(tmp_path):
+    (tmp_path / "magic.yaml").write_text("hparams: {}\n")
+    with pytest.raises(ConfigError, match="no method named 'magic' is registered; valid: adapter"):
+        load_method_configs(tmp_path, METHOD_SCHEMA)
