@@ -61,7 +61,7 @@ def get_task_data_input(wildcards):
     suite = SUITES[wildcards.suite]
     if suite["source"] == "embedded":
         return [f"{data_root(config, SUITES, wildcards.suite)}/{wildcards.task}"]
-    return []
+    raise WorkflowError(f"no rule builds results/{wildcards.path}")
 
 
 def get_task_check_params(wildcards):
@@ -143,3 +143,31 @@ def suite_report_info(name):
 
 def get_final_output():
     return ["reports/index.html"]
+
+
+def unknown_target_pattern():
+    """Regex for results/ paths that name an unknown suite, method or task (and nothing else), so the
+    catch-all rule never competes with the real ones."""
+    known = "|".join(
+        f"{name}/(?:(?:{_alternatives(SUITE_METHODS[name])})"
+        f"(?:/(?:{_alternatives(list(suite['tasks']) + ['summary.json'])})(?:/.*)?)?|table\\.csv)"
+        for name, suite in SUITES.items())
+    known = f"(?:{known})$"
+    return f"(?!{known}).+"
+
+
+def explain_unknown_target(wildcards):
+    """Input function of the catch-all rule: a results/ path naming an unknown suite, method or task
+    becomes an error listing the valid names. Known names pass (the real rule wins by ruleorder)."""
+    parts = wildcards.path.strip("/").split("/")
+    suite = parts[0]
+    if suite not in SUITES:
+        raise WorkflowError(f"unknown suite '{suite}' in results/{wildcards.path}; valid suites: "
+                            f"{', '.join(sorted(SUITES))}")
+    if len(parts) > 1 and parts[1] not in SUITE_METHODS[suite] and parts[1] != "table.csv":
+        raise WorkflowError(f"unknown method '{parts[1]}' for suite '{suite}'; valid methods: "
+                            f"{', '.join(SUITE_METHODS[suite])}")
+    if len(parts) > 2 and parts[2] not in SUITES[suite]["tasks"] and parts[2] != "summary.json":
+        raise WorkflowError(f"unknown task '{parts[2]}' in suite '{suite}'; valid tasks: "
+                            f"{', '.join(SUITES[suite]['tasks'])}")
+    raise WorkflowError(f"no rule builds results/{wildcards.path}")

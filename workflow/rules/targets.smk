@@ -12,3 +12,19 @@ for _suite, _methods in SUITE_METHODS.items():
                 input:
                     f"results/{_suite}/{_method}/summary.json",
                 default_target: False
+
+
+# Anything else under results/ is a typo: say which suite, method or task names are valid.
+rule explain_unknown_target:
+    input:
+        explain_unknown_target,
+    output:
+        "results/{path}",
+    log:
+        "logs/unknown_target/{path}.log",
+    wildcard_constraints:
+        path=unknown_target_pattern(),
+    conda:
+        ENV
+    shell:
+        "false"

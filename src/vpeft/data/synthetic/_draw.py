@@ -58,9 +58,9 @@ def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if kind == "heart":
         # Classic implicit heart (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, whose extent is
         # x in [-1.14, 1.14], y in [-1.0, 1.24]; rescaled and recentred to fit the
-        # unit disc with its tip pointing down (lobes up) at angle 0.
-        x = 1.22 * u
-        y = 1.22 * v + 0.12
+        # unit disc (max radius ~0.99) with its tip pointing down (lobes up) at angle 0.
+        x = 1.34 * u
+        y = 1.34 * v + 0.12
         q = x * x + y * y - 1.0
         return q * q * q - x * x * y * y * y <= 0.0
     if kind == "arrow":

@@ -294,6 +294,9 @@ def _gen_textures(rng: np.random.Generator, labels: np.ndarray, pool: str, size:
 _LOC_SHAPES = ("square", "ellipse", "heart")
 _ORI_SHAPES = ("heart", "arrow")  # no rotational symmetry: orientation is defined mod 360 deg
 _NUM_BINS = 8
+#: Sprite bounding radius for the orientation task (fraction of the canvas); large
+#: enough that the orientation is visible at 32 px.
+_ORI_RADIUS = (0.28, 0.36)
 
 
 def _sprite_image(kind: str, cx: float, cy: float, radius: float, angle: float, size: int) -> np.ndarray:
@@ -321,7 +324,7 @@ def _gen_dsprites_ori(rng: np.random.Generator, labels: np.ndarray, pool: str, s
     bin_width = 2 * math.pi / _NUM_BINS
     for i, c in enumerate(labels):
         kind = _ORI_SHAPES[int(rng.integers(len(_ORI_SHAPES)))]
-        radius = rng.uniform(0.22, 0.32) * size
+        radius = rng.uniform(*_ORI_RADIUS) * size
         # Bins are centred on multiples of 45 deg (class 0 = pointing right / upright heart).
         angle = (int(c) + rng.uniform(-0.5, 0.5)) * bin_width
         cx = rng.uniform(radius, size - radius)
@@ -339,6 +342,10 @@ _CLEVR_MAX_COUNT = 6
 _CLEVR_SHAPES = ("circle", "square", "triangle")
 #: Object bounding radius as a fraction of the canvas.
 _CLEVR_RADIUS = (0.075, 0.13)
+#: Background grey level range and object colour luma range (objects are mostly darker
+#: than the floor, as with CLEVR's shadows, which leaves a weak linear "mass" cue).
+_CLEVR_BACKGROUND = (0.5, 0.62)
+_CLEVR_OBJECT_LUMA = (0.1, 0.55)
 
 
 def _place_objects(rng: np.random.Generator, n: int, size: int) -> list[tuple[float, float, float]]:
@@ -365,7 +372,7 @@ def _gen_clevr_count(rng: np.random.Generator, labels: np.ndarray, pool: str, si
     xs = (np.arange(size) + 0.5)[None, :] / size
     for i, c in enumerate(labels):
         n = int(c) + _CLEVR_MIN_COUNT
-        grey = rng.uniform(0.35, 0.6)
+        grey = rng.uniform(*_CLEVR_BACKGROUND)
         canvas = np.empty((size, size, 3))
         canvas[:] = (grey + rng.uniform(-0.08, 0.08) * (ys - 0.5))[..., None]
         for cx, cy, r in _place_objects(rng, n, size):
@@ -376,7 +383,7 @@ def _gen_clevr_count(rng: np.random.Generator, labels: np.ndarray, pool: str, si
             shadow = _draw.shape_coverage(kind, cx + 0.12 * r, cy + 0.18 * r, r * scale, angle, size)
             _draw.paint(canvas, 0.35 * shadow, 0.0)
             cov = _draw.shape_coverage(kind, cx, cy, r * scale, angle, size)
-            colour = _draw.random_colour(rng, (0.15, 0.9))
+            colour = _draw.random_colour(rng, _CLEVR_OBJECT_LUMA)
             # Lambert-ish shading lit from the top-left.
             dx = (xs * size - cx) / r
             dy = (ys * size - cy) / r
