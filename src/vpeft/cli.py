@@ -107,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
 
+    from .engine.pretrain import PretrainConfig
+
     p = sub.add_parser("pretrain", help="pretrain the demo backbone on rendered fractals")
     p.add_argument("out", help="output .safetensors path")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--images-per-class", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=PretrainConfig.epochs)
+    p.add_argument("--num-classes", type=int, default=PretrainConfig.num_classes)
+    p.add_argument("--images-per-class", type=int, default=PretrainConfig.images_per_class)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_pretrain)
     return parser

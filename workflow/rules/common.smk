@@ -57,7 +57,7 @@ def get_generation_params(wildcards):
 
 
 def get_task_data_input(wildcards):
-    """Embedded suites: the generated folder (a rule makes it). External: nothing to build."""
+    """Embedded suites need their generated folder; external suites have nothing to build."""
     suite = SUITES[wildcards.suite]
     if suite["source"] == "embedded":
         return [f"{data_root(config, SUITES, wildcards.suite)}/{wildcards.task}"]
@@ -159,7 +159,7 @@ def unknown_target_pattern():
 def explain_unknown_target(wildcards):
     """Input function of the catch-all rule: a results/ path naming an unknown suite, method or task
     becomes an error listing the valid names. Known names pass (the real rule wins by ruleorder)."""
-    parts = wildcards.path.strip("/").split("/")
+    parts = Path(wildcards.path).parts
     suite = parts[0]
     if suite not in SUITES:
         raise WorkflowError(f"unknown suite '{suite}' in results/{wildcards.path}; valid suites: "

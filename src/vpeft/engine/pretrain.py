@@ -28,9 +28,9 @@ class PretrainConfig:
     arch: str = "vit_demo_patch4_32"
     seed: int = 0
     num_classes: int = 100
-    images_per_class: int = 100
+    images_per_class: int = 50
     image_size: int = 32
-    epochs: int = 40
+    epochs: int = 30
     warmup_epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3

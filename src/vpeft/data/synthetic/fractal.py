@@ -17,7 +17,6 @@ Systems are returned as ``float64`` arrays of shape ``(k, 7)``, one row per map:
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np

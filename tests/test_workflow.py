@@ -1,0 +1,117 @@
+"""The Snakemake workflow itself: lint, a tiny end-to-end run in a temporary folder, and the errors a
+user meets on bad targets or missing real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+pytestmark = pytest.mark.slow
+
+
+def smoke_config(tmp_path: Path) -> Path:
+    """The shipped config shrunk to 2 methods x 2 tasks x 1 epoch on tiny generated data."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    mini = config["suites"]["vtab-mini"]
+    mini.update(methods=["linear", "lora"], sizes={"train800": 12, "val200": 4, "test": 16},
+                tasks={k: mini["tasks"][k] for k in ("digits", "dsprites_loc")})
+    mini["training"].update(epochs=1, warmup_epochs=0, batch_size=8)
+    config["backbones"]["vit-demo"]["checkpoint"] = str(ROOT / config["backbones"]["vit-demo"]["checkpoint"])
+    config["suites"]["vtab-mini-scratch"]["methods"] = ["linear"]
+    config["suites"]["vtab"]["root"] = str(tmp_path / "no-vtab-here")
+    config["backbones"]["vit-b16-in21k"]["url"] = "http://127.0.0.1:9/ViT-B_16.npz"  # refused at once
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(smoke_config(tmp_path)), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_end_to_end_default_run_builds_the_report(tmp_path):
+    snakemake(tmp_path, "--cores", "2")
+    report = (tmp_path / "reports/index.html").read_text()
+    for name in ("linear", "lora", "digits", "dsprites_loc", "PPT"):
+        assert name in report
+    table = (tmp_path / "results/vtab-mini/table.csv").read_text()
+    assert table.splitlines()[0].startswith("method") or "digits" in table.splitlines()[0]
+    run = json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())
+    assert run["status"] == "ok" and run["config"]["training"]["epochs"] == 1
+    assert (tmp_path / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
+
+    # Adding a run does not re-run the others: a new seed trains only the new runs.
+    config_path = tmp_path / "smoke.yaml"
+    dry = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(config_path),
+                          "--config", "seeds=[42,43]", "-n"], capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    stats = dict(line.split() for line in dry.stdout.splitlines()
+                 if line.split()[:1] and line.split()[0] in ("train_run", "generate_embedded_task") and len(line.split()) == 2)
+    assert stats == {"train_run": "6"}, dry.stdout[-2000:]  # (2 methods x 2 tasks) + scratch linear x 2
+
+
+def test_method_folder_target(tmp_path):
+    result = snakemake(tmp_path, "--cores", "2", "results/vtab-mini/linear/")
+    summary = json.loads((tmp_path / "results/vtab-mini/linear/summary.json").read_text())
+    assert set(summary["tasks"]) == {"digits", "dsprites_loc"}
+    assert summary["trainable_params"] == 0
+    assert not (tmp_path / "results/vtab-mini/lora").exists(), result.stdout
+
+
+@pytest.mark.parametrize("target, message", [
+    ("results/vtab-mini/loraa/", "unknown method 'loraa' for suite 'vtab-mini'; valid methods: linear, lora"),
+    ("results/vtab-mini/lora/cifar/seed-42/metrics.json", "unknown task 'cifar' in suite 'vtab-mini'; valid tasks"),
+    ("results/vtab-maxi/lora/", "unknown suite 'vtab-maxi'"),
+])
+def test_unknown_names_in_targets_list_valid_ones(tmp_path, target, message):
+    result = snakemake(tmp_path, "-n", target, check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_invalid_config_names_the_key(tmp_path):
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    config["suites"]["vtab-mini"]["training"]["epochs"] = "ten"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(bad), "-n"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "suites.vtab-mini.training.epochs" in result.stdout + result.stderr
+
+
+def test_real_suite_is_planned_and_missing_data_says_where_to_put_it(tmp_path):
+    dry = snakemake(tmp_path, "-n", "results/vtab/lora/")
+    assert "check_task_data" in dry.stdout and "download_backbone" in dry.stdout
+    run = snakemake(tmp_path, "--cores", "1", "--keep-going", "results/vtab/lora/", check=False)
+    assert run.returncode != 0
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
+    assert "Put an extracted VTAB-1k copy" in logs
+    assert "place it at" in logs and "ViT-B_16.npz" in logs
+    assert not list((tmp_path / "results/vtab").rglob("metrics.json"))
+
+
+def test_shipped_demo_checkpoint_matches_its_record():
+    record = json.loads((ROOT / "assets/vit_demo_patch4_32.fractal.safetensors.json").read_text())
+    from vpeft.backbones import sha256_of
+
+    assert sha256_of(ROOT / "assets/vit_demo_patch4_32.fractal.safetensors") == record["sha256"]
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    assert config["backbones"]["vit-demo"]["sha256"] == record["sha256"]
