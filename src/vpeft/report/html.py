@@ -137,7 +137,7 @@ def _provenance(runs: pd.DataFrame) -> dict[str, Any]:
 
     for column, prefix in (("packages", ""), ("hardware", "hardware: ")):
         parsed = [json.loads(text) for text in with_prov[column] if isinstance(text, str)]
-        for key in sorted({k for entry in parsed for k in entry}):
+        for key in sorted({k for entry in parsed for k in entry} - {"vpeft"}):  # vpeft: shown above
             add(prefix + key, [_prov_value(entry[key]) for entry in parsed if key in entry])
     add("threads", [int(t) for t in with_prov["threads"] if _isnum(t)])
     created = _distinct(with_prov["created"])

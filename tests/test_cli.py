@@ -1,0 +1,45 @@
+"""The `vpeft` command line: method listing and parameter counts at ViT-B/16 (heads excluded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vpeft.cli import main
+
+
+@pytest.mark.parametrize("method, extra, expected", [
+    ("lora", ["--set", "rank=8"], 294_912),
+    ("adapter", ["--set", "bottleneck=8"], 156_768),
+    ("bitfit", [], 102_912),
+    ("vpt-shallow", ["--set", "num_tokens=100"], 76_800),
+    ("linear", [], 0),
+])
+def test_count_at_vit_b16(capsys, method, extra, expected):
+    assert main(["count", method, "--backbone", "vit_base_patch16_224", "--num-classes", "10", *extra]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trainable_params"] == expected
+    assert out["trainable_params_with_head"] == expected + 769 * 10
+
+
+def test_count_reports_matched_modules(capsys):
+    main(["count", "lora", "--backbone", "vit_demo_patch4_32", "--show-matched"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched"] == [f"blocks.{i}.attn.qkv" for i in range(4)]
+
+
+def test_methods_lists_name_category_mergeable(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["lora"]["mergeable"] is True and rows["adapter"]["mergeable"] is False
+    assert rows["bitfit"]["category"] == "partial"
+
+
+def test_unknown_method_and_bad_hparam_are_clear():
+    with pytest.raises(SystemExit, match="unknown method 'lorra'; valid methods: adapter"):
+        main(["count", "lorra", "--backbone", "vit_demo_patch4_32"])
+    with pytest.raises(SystemExit, match="lora.rank: expected int"):
+        main(["count", "lora", "--backbone", "vit_demo_patch4_32", "--set", "rank=x"])
+    with pytest.raises(SystemExit, match="unknown backbone architecture 'vit_nope'"):
+        main(["count", "lora", "--backbone", "vit_nope"])
