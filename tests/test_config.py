@@ -70,6 +70,9 @@ def test_extended_suite_shares_data_and_changes_backbone(config, methods):
     scratch = resolve_run(config, suites, methods, "vtab-mini-scratch", "linear", "digits", 1)
     assert scratch["task_dir"] == "resources/data/vtab-mini/digits"
     assert scratch["backbone"]["name"] == "vit-demo-random" and scratch["pretrained"] is False
+    # the control is trained exactly like the pretrained probe: method settings of the parent apply
+    pretrained = resolve_run(config, suites, methods, "vtab-mini", "linear", "digits", 1)
+    assert scratch["training"] == pretrained["training"]
 
 
 @pytest.mark.parametrize("suite, method, task, message", [

@@ -73,6 +73,7 @@ def resolve_suites(config: dict) -> dict[str, dict]:
             raise ConfigError(f"suites.{name}.extends: '{parent}' itself extends another suite; chains are not allowed")
         merged = {k: v for k, v in deep_merge(suites[parent], suite).items() if k != "extends"}
         merged["data_suite"] = suites[parent].get("data_suite", parent)
+        merged["base_suite"] = parent
         resolved[name] = merged
     for name, suite in resolved.items():
         suite.setdefault("data_suite", name)
@@ -148,7 +149,12 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
     check_known("task", task, suite["tasks"])
     task_entry = suite["tasks"][task] or {}
     m_yaml = method_configs[method]
-    m_suite = (m_yaml.get("suites") or {}).get(suite_name) or {}
+    # A suite that extends another inherits the method's settings for its parent, then its own.
+    m_suites = m_yaml.get("suites") or {}
+    m_suite: dict = {}
+    for name in (suite.get("base_suite"), suite_name):
+        if name:
+            m_suite = deep_merge(m_suite, m_suites.get(name) or {})
     m_task = (m_suite.get("tasks") or {}).get(task) or {}
 
     training = config["training"]

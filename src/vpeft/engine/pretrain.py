@@ -28,7 +28,7 @@ class PretrainConfig:
     arch: str = "vit_demo_patch4_32"
     seed: int = 0
     num_classes: int = 100
-    images_per_class: int = 50
+    images_per_class: int = 80
     image_size: int = 32
     epochs: int = 30
     warmup_epochs: int = 3
@@ -40,16 +40,27 @@ class PretrainConfig:
     std: float = 0.5
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator, pad: int = 3) -> torch.Tensor:
-    """Random translation (pad + crop) and horizontal flip, done on the batch tensor."""
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Place each fractal (values in [0, 1], black = empty) at a random scale, position and flip, on a
+    plain background whose colour is random for half of the images (black for the others)."""
     n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    flip = torch.rand(n, generator=generator) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator)
+
+    mask = (images.amax(dim=1, keepdim=True) > 0).float()
+    scale = 0.7 + 0.3 * rand(n)
+    shift = (1 - scale)[:, None] * (2 * rand(n, 2) - 1)
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = flip / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -shift / scale[:, None]
+    grid = F.affine_grid(theta, (n, 4, h, w), align_corners=False)
+    placed = F.grid_sample(torch.cat([images, mask], 1), grid, align_corners=False)
+    shape, alpha = placed[:, :3], placed[:, 3:].clamp(0, 1)
+    background = rand(n, 3, 1, 1) * (rand(n, 1, 1, 1) < 0.5)
+    return alpha * shape + (1 - alpha) * background
 
 
 def pretrain_demo_backbone(out_path: str | Path, config: PretrainConfig | None = None, *, threads: int = 1) -> dict:
@@ -67,7 +78,7 @@ def pretrain_demo_backbone(out_path: str | Path, config: PretrainConfig | None =
     start = time.perf_counter()
     images, labels = render_fractal_dataset(cfg.num_classes, cfg.images_per_class, seed=cfg.seed,
                                             image_size=cfg.image_size)
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - cfg.mean) / cfg.std
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     y = torch.from_numpy(labels).long()
     log.info("rendered %d fractal images in %d classes in %.1fs", len(y), cfg.num_classes,
              time.perf_counter() - start)
@@ -88,7 +99,7 @@ def pretrain_demo_backbone(out_path: str | Path, config: PretrainConfig | None =
         loss_sum = correct = 0.0
         for i in range(0, len(y), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            batch = _augment(x[idx], generator)
+            batch = (_augment(x[idx], generator) - cfg.mean) / cfg.std
             logits = model(batch)
             loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
