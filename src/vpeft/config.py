@@ -126,7 +126,9 @@ def data_root(config: dict, suites: dict[str, dict], suite_name: str) -> str:
 def suite_methods(suite_name: str, suite: dict, method_configs: dict[str, dict]) -> list[str]:
     methods = suite.get("methods", "all")
     if methods == "all":
-        return sorted(method_configs)
+        from .methods.registry import in_table_order
+
+        return in_table_order(method_configs)
     unknown = [m for m in methods if m not in method_configs]
     if unknown:
         raise ConfigError(f"suites.{suite_name}.methods: unknown method(s) {unknown}; "

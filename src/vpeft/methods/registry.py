@@ -37,6 +37,11 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def in_table_order(names) -> list[str]:
+    """Baselines first, then by category (partial, addition, reparameterization, ...), then name."""
+    return sorted(names, key=lambda n: (CATEGORIES.index(get_method_class(n).category), n))
+
+
 def get_method_class(name: str) -> type[PeftMethod]:
     _ensure_loaded()
     if name not in _METHODS:
