@@ -59,9 +59,12 @@ def test_end_to_end_default_run_builds_the_report(tmp_path):
     assert (tmp_path / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
 
     # Adding a run does not re-run the others: a new seed trains only the new runs.
-    config_path = tmp_path / "smoke.yaml"
-    dry = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(config_path),
-                          "--config", "seeds=[42,43]", "-n"], capture_output=True, text=True, timeout=300)
+    config = yaml.safe_load((tmp_path / "smoke.yaml").read_text())
+    config["seeds"] = [42, 43]
+    two_seeds = tmp_path / "two-seeds.yaml"
+    two_seeds.write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(two_seeds), "-n"],
+                         capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr
     stats = dict(line.split() for line in dry.stdout.splitlines()
                  if line.split()[:1] and line.split()[0] in ("train_run", "generate_embedded_task") and len(line.split()) == 2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .splits import DataError, read_split_file
-from .vtab import SPLITS, load_image
+from .images import load_image
+from .splits import SPLITS, DataError, read_split_file
 
 
 def _missing_folder_message(task_dir: Path, suite: str, task: str, source: str) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
+SPLITS = ("train800", "val200", "train800val200", "test")
+
+
 class DataError(ValueError):
     """Input data is missing or malformed; the message names the file (and line)."""
 

@@ -5,22 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .splits import DataError, read_split_file
-
-SPLITS = ("train800", "val200", "train800val200", "test")
-
-
-def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot decode image {path}: {err}") from None
+from .images import load_image
+from .splits import SPLITS, DataError, read_split_file
 
 
 class VtabSplit(Dataset):
