@@ -210,3 +210,8 @@ def test_unknown_or_bad_hyperparameter_is_named():
         build_method("lora", {"rank": "four"})
     with pytest.raises(MethodError, match="rank must be >= 1"):
         build_method("lora", {"rank": 0})
+
+
+def test_targets_that_match_nothing_are_an_error_not_a_silent_no_op():
+    with pytest.raises(MethodError, match="lora: no Linear of VisionTransformer matches target_modules="):
+        apply_method(small_vit(), build_method("lora", {"target_modules": r"attn\.qkvz"}))

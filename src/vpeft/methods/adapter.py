@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
 from .registry import register_method
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -75,10 +75,6 @@ class Adapter(PeftMethod):
 
     def inject(self, model):
         c = self.config
-        names = match_modules(model, c.target_modules)
-        if not names:
-            raise MethodError(f"adapter: no module matches target_modules={c.target_modules!r}")
-        for name in names:
-            base = model.get_submodule(name)
-            replace_module(model, name, BottleneckAdapter(base, output_dim(base), c.bottleneck, c.activation))
-        return names
+        return wrap_modules(
+            model, c.target_modules,
+            lambda base: BottleneckAdapter(base, output_dim(base), c.bottleneck, c.activation), method=self.name)

@@ -177,6 +177,18 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def wrap_modules(model: nn.Module, pattern: str, make_layer, *, kind=None, method: str = "") -> list[str]:
+    """Replace every module matching `pattern` (and `kind`) by `make_layer(original)`; return the names.
+    Matching nothing is an error: a silent no-op would train only the head under the method's name."""
+    names = match_modules(model, pattern, kind)
+    if not names:
+        what = kind.__name__ if isinstance(kind, type) else "module"
+        raise MethodError(f"{method}: no {what} of {type(model).__name__} matches target_modules={pattern!r}")
+    for name in names:
+        replace_module(model, name, make_layer(model.get_submodule(name)))
+    return names
+
+
 def classifier_parameter_names(model: nn.Module) -> set[str]:
     """Parameters of the classification head (timm's `get_classifier()`), by full name."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
 from .registry import register_method
 
 _QKV = ("q", "k", "v")
@@ -113,9 +113,6 @@ class Lora(PeftMethod):
 
     def inject(self, model):
         c = self.config
-        names = match_modules(model, c.target_modules, nn.Linear)
-        if not names:
-            raise MethodError(f"lora: no nn.Linear matches target_modules={c.target_modules!r}")
-        for name in names:
-            replace_module(model, name, LoraQKV(model.get_submodule(name), c.rank, c.alpha, c.targets, c.dropout))
-        return names
+        return wrap_modules(model, c.target_modules,
+                            lambda base: LoraQKV(base, c.rank, c.alpha, c.targets, c.dropout),
+                            kind=nn.Linear, method=self.name)
