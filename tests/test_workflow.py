@@ -118,3 +118,19 @@ def test_shipped_demo_checkpoint_matches_its_record():
     assert sha256_of(ROOT / "assets/vit_demo_patch4_32.fractal.safetensors") == record["sha256"]
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     assert config["backbones"]["vit-demo"]["sha256"] == record["sha256"]
+
+
+def test_keep_going_still_builds_a_report_that_shows_the_failure(tmp_path):
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    config["suites"]["vtab-mini"]["training"]["warmup_epochs"] = 0
+    # lora has no suite-level lr of its own, so this task-level lr reaches it and blows the loss up
+    config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"] = {"lr": 1e30, "epochs": 2}
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(broken),
+                             "--cores", "2", "--keep-going"], capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    report = (tmp_path / "reports/index.html").read_text()
+    assert "failed" in report and "TrainingError: loss is" in report
+    assert json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
+    assert not (tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()

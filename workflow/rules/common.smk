@@ -171,3 +171,19 @@ def explain_unknown_target(wildcards):
         raise WorkflowError(f"unknown task '{parts[2]}' in suite '{suite}'; valid tasks: "
                             f"{', '.join(SUITES[suite]['tasks'])}")
     raise WorkflowError(f"no rule builds results/{wildcards.path}")
+
+
+def report_suites():
+    return {s: suite_report_info(s) for s in config["default_suites"]}
+
+
+def build_report_after_failure():
+    """`onerror`: when the default target failed (e.g. under --keep-going), still write the report,
+    with every missing or failed run marked and its error shown."""
+    targets = set(workflow.dag_settings.targets or [])
+    if targets and not targets & {"all", "reports/index.html"}:
+        return
+    from vpeft.report.build import build_report
+
+    build_report(get_report_runs(None), report_suites(), "reports/index.html")
+    print("reports/index.html rebuilt: failed and missing runs are marked in it", file=sys.stderr)

@@ -23,10 +23,14 @@ rule report:
     output:
         "reports/index.html",
     params:
-        suites={s: suite_report_info(s) for s in config["default_suites"]},
+        suites=report_suites(),
     log:
         "logs/report/index.log",
     conda:
         ENV
     script:
         "../scripts/report.py"
+
+
+onerror:
+    build_report_after_failure()

@@ -7,10 +7,14 @@ selected on it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import random
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +30,9 @@ from ..io import atomic_write_json
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
+from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
 
 log = logging.getLogger("vpeft.train")
-
-SCHEMA = "vpeft.run/1"
-
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. the loss became NaN); the message says where."""
@@ -91,12 +93,6 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, drop_last=False)
-
-
 def _datasets(run: RunConfig, spec: BackboneSpec, tc: TrainingConfig):
     def transform(train: bool):
         return build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation,
@@ -120,9 +116,61 @@ def evaluate(model, loader, device) -> tuple[float, int]:
     return correct / total, total
 
 
+def run_fingerprint(values: dict) -> str:
+    """Identity of a run's settings: a checkpoint is only resumed by the run that wrote it."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_checkpoint(folder: Path, state: dict) -> None:
+    """Write the training state atomically: a kill during the write leaves the previous one intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "state.pt.tmp"
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / "state.pt")
+
+
+def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
+    path = folder / "state.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file is never trusted
+        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s belongs to other settings; starting from scratch", path)
+        return None
+    return state
+
+
 def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".",
                  device: str | None = None) -> dict:
-    """Train, evaluate, and write `metrics_path` atomically. Returns the metrics dict."""
+    """Train, evaluate, and write `metrics_path` atomically. Returns the metrics dict.
+
+    Every epoch the training state is saved to `checkpoint/` beside `metrics_path` (not a declared
+    output, so Snakemake keeps it); a rerun with the same settings resumes from the last complete
+    epoch and ends with the same metrics as an uninterrupted run. If the run raises, a failure
+    record with the error is left beside `metrics_path` for the report, and the error propagates.
+    """
+    metrics_path = Path(metrics_path)
+    failure = metrics_path.with_name(FAILURE_RECORD)
+    try:
+        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device)
+    except Exception as err:
+        atomic_write_json(failure, {
+            "schema": RUN_SCHEMA, "status": "failed",
+            **{k: values.get(k) for k in ("suite", "task", "method", "seed")},
+            "error": f"{type(err).__name__}: {err}",
+        })
+        raise
+    failure.unlink(missing_ok=True)
+    return metrics
+
+
+def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device) -> dict:
     from timm.scheduler import CosineLRScheduler
 
     run = RunConfig.from_dict(values)
@@ -144,8 +192,10 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
     model.to(dev)
 
     train_set, eval_set = _datasets(run, spec, tc)
-    train_loader = _loader(train_set, tc.batch_size, True, run.seed, tc.num_workers)
-    eval_loader = _loader(eval_set, tc.eval_batch_size, False, run.seed, tc.num_workers)
+    shuffle_rng = torch.Generator().manual_seed(run.seed)
+    train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
+                              num_workers=tc.num_workers)
+    eval_loader = DataLoader(eval_set, batch_size=tc.eval_batch_size, shuffle=False, num_workers=tc.num_workers)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -153,10 +203,28 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
                                   warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
-    history = []
+    checkpoint_dir = metrics_path.parent / CHECKPOINT_DIR
+    fingerprint = run_fingerprint(values)
+    history: list[dict] = []
     train_seconds = 0.0
     seen = 0
-    for epoch in range(tc.epochs):
+    start_epoch = 0
+    state = _load_checkpoint(checkpoint_dir, fingerprint)
+    if state is not None:
+        trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+        if trainable_names != set(state["trainable"]):
+            raise TrainingError(f"checkpoint in {checkpoint_dir} does not hold this run's trainable tensors; "
+                                f"delete the folder to restart the run")
+        model.load_state_dict(state["trainable"], strict=False)  # frozen tensors come from the backbone
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        shuffle_rng.set_state(state["shuffle_rng"])
+        random.setstate(_as_random_state(state["python_rng"]))
+        history, train_seconds, seen, start_epoch = (state["history"], state["train_seconds"], state["seen"],
+                                                     state["epoch"])
+        log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, tc.epochs, checkpoint_dir)
+
+    for epoch in range(start_epoch, tc.epochs):
         scheduler.step(epoch)
         model.train()
         start = time.perf_counter()
@@ -182,6 +250,13 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
         history.append(entry)
         log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s", epoch + 1, tc.epochs,
                  entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9))
+        _save_checkpoint(checkpoint_dir, {
+            "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
+            "train_seconds": train_seconds, "seen": seen,
+            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": shuffle_rng.get_state(), "python_rng": list(_flatten_random_state(random.getstate())),
+        })
 
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
@@ -192,7 +267,7 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
     log.info("final model on %s: top-1 %.4f (%d images)", run.protocol["eval_split"], accuracy, n_eval)
 
     metrics = {
-        "schema": SCHEMA,
+        "schema": RUN_SCHEMA,
         "status": "ok",
         "suite": run.suite, "task": run.task, "method": run.method, "seed": run.seed,
         "protocol": run.protocol,
@@ -202,12 +277,25 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
         "matched_modules": applied.matched,
         "train": {"epochs": tc.epochs, "images": int(seen), "images_per_second": seen / max(train_seconds, 1e-9),
                   "wall_seconds": train_seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+                  "resumed_from_epoch": start_epoch or None,
                   "final_loss": history[-1]["loss"] if history else math.nan, "history": history},
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
                  "merged": bool(method.mergeable)},
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
-                   "checkpoint_sha256": checkpoint_sha},
+                   "checkpoint_sha256": checkpoint_sha, "fingerprint": fingerprint},
         "provenance": {**provenance(threads), "device": str(dev)},
     }
     atomic_write_json(metrics_path, metrics)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return metrics
+
+
+def _flatten_random_state(state) -> list:
+    """Python's random state as a flat list of ints (torch.load(weights_only=True) accepts it)."""
+    version, internal, gauss = state
+    return [version, *internal, -1 if gauss is None else gauss]
+
+
+def _as_random_state(flat: list):
+    version, *internal, gauss = flat
+    return version, tuple(internal), None if gauss == -1 else gauss

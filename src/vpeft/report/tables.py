@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from vpeft.metrics import ppt
+from vpeft.runs import FAILURE_RECORD, RUN_SCHEMA
 
 __all__ = [
     "RUN_COLUMNS",
@@ -37,7 +38,6 @@ __all__ = [
     "write_suite_csv",
 ]
 
-RUN_SCHEMA = "vpeft.run/1"
 
 #: Columns of the frame returned by :func:`load_runs`, in order.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -99,8 +99,12 @@ def _empty_row(path: Path) -> dict[str, Any]:
 
 def _read_run(path: Path) -> dict[str, Any]:
     row = _empty_row(path)
+    if not path.is_file() and path.with_name(FAILURE_RECORD).is_file():
+        # The run raised: the engine left its error beside the metrics.json it never wrote.
+        path = path.with_name(FAILURE_RECORD)
+        row["path"] = str(path)
     if not path.is_file():
-        row.update(status="missing", error=f"no metrics.json at {path}")
+        row.update(status="missing", error=f"no metrics.json at {path} (the run has not finished)")
         return row
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
