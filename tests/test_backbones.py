@@ -96,3 +96,29 @@ def test_google_npz_layout_loads_through_the_same_path(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.eval().forward_features(x), source.forward_features(x),
                                    rtol=1e-5, atol=1e-5)
+
+
+class _Payload:
+    """An object whose unpickling would run code (creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "payload": _Payload(str(marker))}, path)
+    with pytest.raises(BackboneError, match=r"cannot load .*evil\.pth"):
+        create_backbone(demo_spec(checkpoint=str(path)), num_classes=2)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_refused_clearly(tmp_path):
+    _, path = saved_demo(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(BackboneError, match="cannot load"):
+        create_backbone(demo_spec(checkpoint=str(path)), num_classes=2)

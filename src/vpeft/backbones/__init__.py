@@ -87,10 +87,14 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
 
     path, digest = resolve_checkpoint(spec, base_dir) if pretrained else (None, None)
     try:
+        # timm loads .pth with torch.load(weights_only=True) and .npz without pickle: a checkpoint
+        # can carry tensors only, never code.
         model = timm.create_model(spec.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
                                   checkpoint_path=str(path) if path else "")
-    except RuntimeError as err:  # key mismatch: say which file and architecture
-        raise BackboneError(f"cannot load {path} into {spec.arch}: {err}") from err
+    except Exception as err:  # key mismatch, pickled objects, truncated file: name file and architecture
+        if path is None:
+            raise
+        raise BackboneError(f"cannot load {path} into {spec.arch}: {type(err).__name__}: {err}") from err
     model.reset_classifier(num_classes)
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear):
