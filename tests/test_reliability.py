@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from test_engine import run_values
-from vpeft.engine.train import run_training
+from vpeft.engine.train import TrainingError, run_training
 from vpeft.runs import CHECKPOINT_DIR, FAILURE_RECORD
 
 # Runs a training in a child process that SIGKILLs itself at a chosen point: after the checkpoint of
@@ -73,7 +73,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(vtab_task, tmp_path):
 
 def test_failed_run_leaves_a_failure_record_and_success_removes_it(vtab_task, tmp_path):
     out = tmp_path / "run" / "metrics.json"
-    with pytest.raises(Exception):
+    with pytest.raises(TrainingError):
         run_training(run_values(vtab_task, "full", lr=1e30, warmup_epochs=0, epochs=3), out)
     record = json.loads((out.parent / FAILURE_RECORD).read_text())
     assert record["status"] == "failed" and "TrainingError: loss is" in record["error"]
