@@ -33,7 +33,8 @@ def methods():
 
 def test_shipped_config_is_valid(config, methods):
     validate_against_schema(config, SCHEMA)
-    assert set(methods) == {"full", "linear", "bitfit", "lora", "adapter", "vpt-shallow", "vpt-deep"}
+    assert set(methods) == {"full", "linear", "bitfit", "ln-tune", "partial", "lora", "adapter", "vpt-shallow",
+                            "vpt-deep"}
 
 
 @pytest.mark.parametrize("path, value, message", [

@@ -27,13 +27,16 @@ CASES = {
     "full": ({}, {}, lambda: 85_798_656, 85_798_656),
     "linear": ({}, {}, lambda: 0, 0),
     "bitfit": ({}, {}, lambda: L * (3 * D + D + H + D + 2 * D) + D + D, 102_912),
+    "ln-tune": ({}, {}, lambda: L * 2 * 2 * D + 2 * D, 38_400),
+    "partial": ({"k": 1}, {"k": 1}, lambda: 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (D * H + H) + (H * D + D),
+                7_087_872),
     "lora": ({"rank": 4}, {"rank": 8}, lambda: L * 4 * D * 8, 294_912),
     "adapter": ({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), 156_768),
     "vpt-shallow": ({"num_tokens": 3}, {"num_tokens": 100}, lambda: 100 * D, 76_800),
     "vpt-deep": ({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 10 * D, None),
 }
 # Methods whose wrapped model computes exactly the frozen model at init.
-IDENTITY_AT_INIT = {"full", "linear", "bitfit", "lora", "adapter"}
+IDENTITY_AT_INIT = {"full", "linear", "bitfit", "ln-tune", "partial", "lora", "adapter"}
 
 
 def test_every_registered_method_is_in_the_table():
@@ -73,9 +76,13 @@ def test_only_method_tensors_and_head_are_trainable(name):
         assert trainable == {n for n, _ in model.named_parameters()}
     elif name == "bitfit":
         assert rest and all(n.rpartition(".")[2] == "bias" for n in rest)
+    elif name == "ln-tune":
+        assert rest == {n for n, _ in model.named_parameters() if "norm" in n}
+    elif name == "partial":
+        assert rest == {n for n, _ in model.named_parameters() if n.startswith("blocks.1.")}  # last of 2
     else:
         assert rest == set(), f"{name} trains backbone tensors it does not own: {sorted(rest)[:5]}"
-    if name not in ("full", "linear", "bitfit"):
+    if name not in ("full", "linear", "bitfit", "ln-tune", "partial"):
         assert owned, f"{name} added no trainable tensors"
 
 
@@ -179,7 +186,7 @@ def test_vpt_keeps_token_layout_for_the_head():
     assert tokens.shape[1] == 1 + (32 // 8) ** 2
 
 
-@pytest.mark.parametrize("name", ["bitfit", "lora", "adapter", "linear", "full"])
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "partial", "lora", "adapter", "linear", "full"])
 def test_generic_methods_apply_to_swin(name):
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
@@ -215,3 +222,13 @@ def test_unknown_or_bad_hyperparameter_is_named():
 def test_targets_that_match_nothing_are_an_error_not_a_silent_no_op():
     with pytest.raises(MethodError, match="lora: no Linear of VisionTransformer matches target_modules="):
         apply_method(small_vit(), build_method("lora", {"target_modules": r"attn\.qkvz"}))
+
+
+@pytest.mark.parametrize("name, hparams, expected", [
+    ("partial", {"k": 1}, 12 * 1024**2 + 13 * 1024 + 169 * 32),  # 12,601,632 as published for Swin-B
+    ("ln-tune", {}, 4 * 12_032 + 2 * 128 + 2 * (4 * 128 + 4 * 256 + 4 * 512) + 2 * 1024),  # timm Swin-B: 57,600
+    ("lora", {"rank": 64}, 256 * 12_032),  # 4 * r * sum(dim x blocks), the catalog's 3,080,192 for Swin-B
+])
+def test_counts_at_swin_b(name, hparams, expected):
+    model = timm.create_model("swin_base_patch4_window7_224", pretrained=False, num_classes=10)
+    assert apply_method(model, build_method(name, hparams)).parameter_counts()["trainable"] == expected

@@ -150,6 +150,26 @@ class PeftMethod:
         return model
 
 
+class SelectiveMethod(PeftMethod):
+    """A method that trains a subset of the backbone's own tensors (BitFit, LN-Tune, Partial-k):
+    it adds no layers, so the trained model already is the plain architecture."""
+
+    category = "partial"
+    mergeable = True
+
+    def inject(self, model):
+        return sorted({n.rpartition(".")[0] for n in self.select_backbone_parameters(model)})
+
+    def merge(self, model):
+        """Nothing to fold in: the selected tensors were edited in place."""
+
+    def unmerge(self, model):
+        """Nothing to unfold."""
+
+    def merge_and_unload(self, model):
+        return model
+
+
 def method_layers(model: nn.Module) -> list[MethodLayer]:
     return [m for m in model.modules() if isinstance(m, MethodLayer)]
 

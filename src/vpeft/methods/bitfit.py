@@ -7,7 +7,7 @@ include them). On ViT-B/16 that is 12 x 8,448 + 768 + 768 = 102,912 parameters.
 
 from dataclasses import dataclass
 
-from .base import PeftMethod, MethodConfig, classifier_parameter_names
+from .base import MethodConfig, SelectiveMethod, classifier_parameter_names
 from .registry import register_method
 
 
@@ -17,25 +17,11 @@ class BitFitConfig(MethodConfig):
 
 
 @register_method
-class BitFit(PeftMethod):
+class BitFit(SelectiveMethod):
     name = "bitfit"
-    category = "partial"
     config_cls = BitFitConfig
-    mergeable = True  # the trained biases are ordinary backbone tensors
     paper = "Zaken et al., BitFit, ACL 2022"
-
-    def inject(self, model):
-        return sorted({n.rpartition(".")[0] for n in self.select_backbone_parameters(model)})
 
     def select_backbone_parameters(self, model):
         head = classifier_parameter_names(model)
         return [n for n, _ in model.named_parameters() if "bias" in n.rpartition(".")[2] and n not in head]
-
-    def merge(self, model):
-        """Already merged: BitFit edits backbone tensors directly."""
-
-    def unmerge(self, model):
-        """Nothing to unfold."""
-
-    def merge_and_unload(self, model):
-        return model

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .base import MethodConfig, PeftMethod
+from .base import MethodConfig, SelectiveMethod
 from .registry import register_method
 
 
@@ -12,22 +12,12 @@ class LinearConfig(MethodConfig):
 
 
 @register_method
-class Linear(PeftMethod):
+class Linear(SelectiveMethod):
     name = "linear"
     category = "baseline"
     config_cls = LinearConfig
-    mergeable = True  # trivially: the backbone is untouched
     needs_backbone_grad = False
     paper = "linear probing"
 
     def inject(self, model):
         return ["head"]
-
-    def merge(self, model):
-        """Nothing to fold in."""
-
-    def unmerge(self, model):
-        """Nothing to unfold."""
-
-    def merge_and_unload(self, model):
-        return model
