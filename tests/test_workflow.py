@@ -47,6 +47,16 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
+def test_slurm_profile_plans_the_full_benchmark():
+    result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "-n"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    stats = dict(line.split() for line in result.stdout.splitlines() if len(line.split()) == 2
+                 and line.split()[0] in ("train_run", "check_task_data") and line.split()[1].isdigit())
+    assert stats["check_task_data"] == "19"
+    assert int(stats["train_run"]) == 19 * len(list((ROOT / "config/methods").glob("*.yaml")))
+
+
 def test_end_to_end_default_run_builds_the_report(tmp_path):
     snakemake(tmp_path, "--cores", "2")
     report = (tmp_path / "reports/index.html").read_text()
