@@ -157,6 +157,14 @@ class SelectiveMethod(PeftMethod):
     category = "partial"
     mergeable = True
 
+    def candidate_parameters(self, model: nn.Module) -> list[str]:
+        """Names of the backbone tensors this method trains (the head is filtered out afterwards)."""
+        return []
+
+    def select_backbone_parameters(self, model):
+        head = classifier_parameter_names(model)
+        return [n for n in self.candidate_parameters(model) if n not in head]
+
     def inject(self, model):
         return sorted({n.rpartition(".")[0] for n in self.select_backbone_parameters(model)})
 

@@ -7,7 +7,7 @@ include them). On ViT-B/16 that is 12 x 8,448 + 768 + 768 = 102,912 parameters.
 
 from dataclasses import dataclass
 
-from .base import MethodConfig, SelectiveMethod, classifier_parameter_names
+from .base import MethodConfig, SelectiveMethod
 from .registry import register_method
 
 
@@ -22,6 +22,5 @@ class BitFit(SelectiveMethod):
     config_cls = BitFitConfig
     paper = "Zaken et al., BitFit, ACL 2022"
 
-    def select_backbone_parameters(self, model):
-        head = classifier_parameter_names(model)
-        return [n for n, _ in model.named_parameters() if "bias" in n.rpartition(".")[2] and n not in head]
+    def candidate_parameters(self, model):
+        return [n for n, _ in model.named_parameters() if "bias" in n.rpartition(".")[2]]

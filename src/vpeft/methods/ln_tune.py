@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import MethodConfig, SelectiveMethod, classifier_parameter_names
+from .base import MethodConfig, SelectiveMethod
 from .registry import register_method
 
 
@@ -24,9 +24,7 @@ class LnTune(SelectiveMethod):
     config_cls = LnTuneConfig
     paper = "LayerNorm tuning (V-PETL Bench baseline)"
 
-    def select_backbone_parameters(self, model):
-        head = classifier_parameter_names(model)
+    def candidate_parameters(self, model):
         return [f"{module_name}.{param_name}"
                 for module_name, module in model.named_modules() if isinstance(module, nn.LayerNorm)
-                for param_name, _ in module.named_parameters(recurse=False)
-                if f"{module_name}.{param_name}" not in head]
+                for param_name, _ in module.named_parameters(recurse=False)]

@@ -39,6 +39,6 @@ class Partial(SelectiveMethod):
     def inject(self, model):
         return self._last_blocks(model)
 
-    def select_backbone_parameters(self, model):
+    def candidate_parameters(self, model):
         return [f"{block}.{name}" for block in self._last_blocks(model)
                 for name, _ in model.get_submodule(block).named_parameters()]
