@@ -6,9 +6,14 @@ from .base import (
     MethodError,
     MethodLayer,
     PeftMethod,
+    SelectiveMethod,
     apply_method,
     count_parameters,
     method_layers,
+    transformer_blocks,
+    wrap_modules,
+    match_modules,
+    replace_module,
 )
 from .registry import available_methods, build_method, get_method_class, register_method
 
@@ -18,11 +23,16 @@ __all__ = [
     "MethodError",
     "MethodLayer",
     "PeftMethod",
+    "SelectiveMethod",
     "apply_method",
     "available_methods",
     "build_method",
     "count_parameters",
     "get_method_class",
+    "match_modules",
     "method_layers",
+    "replace_module",
+    "transformer_blocks",
+    "wrap_modules",
     "register_method",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
+import torch
 from torch import nn
 
 CATEGORIES = ("baseline", "partial", "addition", "reparameterization", "side", "unified")
@@ -108,13 +109,19 @@ class PeftMethod:
     config_cls: ClassVar[type[MethodConfig]]
     mergeable: ClassVar[bool] = False
     paper: ClassVar[str] = ""
-    #: True when the backbone needs no gradient (side-tuning): the engine may run it under no_grad.
+    #: False for side-tuning: no trainable tensor sits upstream of the frozen blocks it reads, so the
+    #: backward pass never runs through them (tests check that their outputs carry no graph).
     needs_backbone_grad: ClassVar[bool] = True
+    #: True when `inject` needs a data-dependent selection (GPS's gradient mask, SCT's salient
+    #: channels), computed once on the *training split* by `compute_selection` and cached by the
+    #: workflow's `select_parameters` rule.
+    needs_selection: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_cls()
         if not isinstance(self.config, self.config_cls):
             raise MethodError(f"{self.name} expects {self.config_cls.__name__}, got {type(self.config).__name__}")
+        self.selection: dict[str, torch.Tensor] | None = None
 
     # -- to implement -------------------------------------------------------------------------
     def inject(self, model: nn.Module) -> list[str]:
@@ -124,6 +131,20 @@ class PeftMethod:
     def select_backbone_parameters(self, model: nn.Module) -> list[str]:
         """Names of *existing* backbone parameters the method trains (BitFit: biases). Default: none."""
         return []
+
+    def frozen_prefix_blocks(self, model: nn.Module) -> int:
+        """How many leading transformer blocks (in forward order) the method leaves untouched with no
+        trainable tensor upstream: their activations carry no autograd history and can be cached.
+        Side-tuning methods (`needs_backbone_grad = False`) leave all of them."""
+        return 0 if self.needs_backbone_grad else len(transformer_blocks(model))
+
+    def compute_selection(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                          num_classes: int) -> dict[str, torch.Tensor]:
+        """Data-dependent stage of methods with `needs_selection`: look at the frozen, *unmodified*
+        `model` (a timm model with a fresh head for `num_classes`) on `batches` of the training split
+        (deterministic preprocessing) and return named tensors that `inject` reads from
+        `self.selection`. Must not modify `model`."""
+        raise MethodError(f"method '{self.name}' has no selection stage")
 
     # -- shared machinery ---------------------------------------------------------------------
     def merge(self, model: nn.Module) -> None:
@@ -176,6 +197,12 @@ class SelectiveMethod(PeftMethod):
 
     def merge_and_unload(self, model):
         return model
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """Names of the transformer blocks in forward order: `blocks.N` in a timm ViT, `layers.S.blocks.N`
+    across stages in a timm Swin."""
+    return match_modules(model, r"(^|\.)blocks\.\d+$")
 
 
 def method_layers(model: nn.Module) -> list[MethodLayer]:
@@ -267,8 +294,20 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
-def apply_method(model: nn.Module, method: PeftMethod) -> AppliedMethod:
-    """Inject `method` into `model`, freeze everything else, keep the head trainable."""
+def apply_method(model: nn.Module, method: PeftMethod,
+                 selection: dict[str, torch.Tensor] | None = None) -> AppliedMethod:
+    """Inject `method` into `model`, freeze everything else, keep the head trainable.
+
+    Methods with `needs_selection` take the output of their `compute_selection` stage as `selection`.
+    """
+    if method.needs_selection:
+        if selection is None and method.selection is None:
+            raise MethodError(f"method '{method.name}' needs its selection stage first: "
+                              f"selection = method.compute_selection(model, train_batches, num_classes)")
+        if selection is not None:
+            method.selection = dict(selection)
+    elif selection is not None:
+        raise MethodError(f"method '{method.name}' takes no selection")
     for param in model.parameters():
         param.requires_grad_(False)
     matched = method.inject(model)

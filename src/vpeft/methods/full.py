@@ -17,7 +17,7 @@ class Full(PeftMethod):
     category = "baseline"
     config_cls = FullConfig
     mergeable = False  # nothing to merge: the weights themselves change
-    paper = "standard fine-tuning"
+    paper = "Full fine-tuning, the standard transfer reference (e.g. Kornblith et al., CVPR 2019)"
 
     def inject(self, model):
         return ["*"]

@@ -17,7 +17,7 @@ class Linear(SelectiveMethod):
     category = "baseline"
     config_cls = LinearConfig
     needs_backbone_grad = False
-    paper = "linear probing"
+    paper = "Linear probing, the standard transfer baseline (e.g. Kornblith et al., CVPR 2019)"
 
     def inject(self, model):
         return ["head"]

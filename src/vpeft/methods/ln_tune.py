@@ -22,7 +22,7 @@ class LnTuneConfig(MethodConfig):
 class LnTune(SelectiveMethod):
     name = "ln-tune"
     config_cls = LnTuneConfig
-    paper = "LayerNorm tuning (V-PETL Bench baseline)"
+    paper = "LayerNorm tuning, as benchmarked by V-PETL Bench (Xin et al., 2024)"
 
     def candidate_parameters(self, model):
         return [f"{module_name}.{param_name}"

@@ -7,7 +7,7 @@ Blocks are taken in forward order, across stages for hierarchical models (timm S
 
 from dataclasses import dataclass, field
 
-from .base import MethodConfig, MethodError, SelectiveMethod, match_modules
+from .base import MethodConfig, MethodError, SelectiveMethod, transformer_blocks
 from .registry import register_method
 
 
@@ -31,7 +31,7 @@ class Partial(SelectiveMethod):
     paper = "Partial-k fine-tuning (VPT, ECCV 2022)"
 
     def _last_blocks(self, model):
-        blocks = match_modules(model, r"(^|\.)blocks\.\d+$")
+        blocks = transformer_blocks(model)
         if len(blocks) < self.config.k:
             raise MethodError(f"partial: k={self.config.k} but {type(model).__name__} has {len(blocks)} blocks")
         return blocks[-self.config.k:]
@@ -42,3 +42,6 @@ class Partial(SelectiveMethod):
     def candidate_parameters(self, model):
         return [f"{block}.{name}" for block in self._last_blocks(model)
                 for name, _ in model.get_submodule(block).named_parameters()]
+
+    def frozen_prefix_blocks(self, model):
+        return len(transformer_blocks(model)) - self.config.k
