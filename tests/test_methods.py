@@ -56,21 +56,37 @@ CASES = {
     "adapter": Case({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), published=156_768),
     "vpt-shallow": Case({"num_tokens": 3}, {"num_tokens": 100}, lambda: 100 * D, published=76_800, identity=False),
     "vpt-deep": Case({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 10 * D, identity=False),
-    # ROW gps
-    # ROW snf
-    # ROW adaptformer
-    # ROW prefix-tuning
-    # ROW sct
-    # ROW hydra
-    # ROW ssf
-    # ROW fact
-    # ROW repadapter
-    # ROW dtl
-    # ROW lst
-    # ROW hst
-    # ROW last
-    # ROW u-tuning
-    # ROW noah
+    "gps": Case({"top_k": 2}, {"top_k": 1}, lambda: (1 + 1) * (D + L * (3 * D + D + H + D))),  # K*rows + biases
+    "snf": Case({"flow_length": 2}, {"flow_length": 1}, lambda: L * 2 * (2 * D + 1 * (2 * D + 1)), identity=False),
+    "adaptformer": Case({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), published=156_768),
+    "prefix-tuning": Case({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 2 * 10 * D, identity=False),
+    "sct": Case({"top_n": 6}, {"top_n": 96}, lambda: L * (96 * 96 + 96), published=111_744, identity=False),
+    "hydra": Case({"rank": 2}, {"rank": 2},
+                  lambda: L * (2 * (2 * D * 2 + 2 + D) + (H * 2 + 2 + 2 * D + D) + (2 * D * 2 + 2 + D))),
+    "ssf": Case(formula=lambda: L * 2 * (3 * D + D + H + D + D + D) + 2 * D + 2 * D, published=205_824,
+                identity=False),
+    "fact-tk": Case({"rank": 4, "scale": 1.0}, {"rank": 32}, lambda: 2 * D * 32 + 12 * L * 32 + 32**3),  # 1680r + r^3
+    "fact-tt": Case({"rank": 4, "scale": 1.0}, {"rank": 16}, lambda: 2 * D * 16 + 12 * L * 16**2),  # 1536r + 144r^2
+    "repadapter": Case({"hidden_dim": 8}, {"hidden_dim": 8}, lambda: 2 * L * (D * 8 + 8 + D * 8 // 2 + D)),
+    "dtl": Case({"start_block": 1}, {}, lambda: L * 2 * D * 2, published=36_864),
+    "dtl-plus": Case({"start_block": 1}, {}, lambda: L * 2 * D * 2 + D * 3 * 3),
+    "lst": Case({"reduction_factor": 4}, {},  # side width ds = D/8, MLP hs = H/8; V-PETL prints 2.38M
+                lambda ds=D // 8, hs=H // 8: L * (4 * ds * ds + 2 * ds * hs + 9 * ds + hs)  # side blocks
+                + (L + 1) * (D * ds + ds) + L + 2 * ds + (ds * D + D),  # ladders, gates, side LN, up
+                published=2_376_492, identity=False),
+    "hst": Case({"stage_dims": (8, 16), "num_heads": (2, 2)}, {},  # paper: d_s 32/48/64/72, 3 blocks per stage
+                lambda: (27 * 32 + 2 * 32 + 4 * 32 * 32 + 32 + 2 * 32)  # stem: conv, BN, conv, LN
+                + sum(9 * a * b + 3 * b for a, b in ((32, 48), (48, 64), (64, 72)))  # stage convs + LN
+                + sum(3 * (12 * d * d + 13 * d) + 2 * d + D * d + d + 3 * 2 * d for d in (32, 48, 64, 72))
+                + L * D,  # meta tokens; 727,976 (official code 764,840 incl. backbone LNs; see hst.py)
+                identity=False),
+    "last": Case({"rank": 4}, {"rank": 16}, lambda: L * (4 * D * 16 + 3 * 16 + 3 * D)),  # 618,048; see last.py
+    "u-tuning": Case({"num_tokens": 3, "ffn_tokens": 2}, {"num_tokens": 10}, lambda: L * 2 * D * 10),
+    "noah": Case({"prompt_dims": (2, 1), "lora_ranks": (0, 2), "adapter_dims": (3, 0)},
+                 {"prompt_dims": (10, 5, 10, 1, 5, 1, 10, 1, 10, 5, 1, 10),  # NOAH's released CIFAR-100 subnet
+                  "lora_ranks": (10, 1, 5, 5, 1, 10, 1, 1, 1, 10, 1, 1),
+                  "adapter_dims": (5, 10, 10, 10, 5, 1, 1, 1, 10, 10, 10, 1)},
+                 lambda: D * 69 + 4 * D * 47 + (2 * D + 1) * 74 + 12 * D, identity=False),
 }
 IDENTITY_AT_INIT = sorted(name for name, case in CASES.items() if case.identity)
 

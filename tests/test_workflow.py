@@ -4,6 +4,8 @@ user meets on bad targets or missing real data."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +197,87 @@ def test_snakemake_job_killed_mid_run_resumes_on_rerun(tmp_path):
     assert "resuming from the checkpoint of epoch" in (work / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text()
     assert resumed["metric"] == reference["metric"]
     assert [h["loss"] for h in resumed["train"]["history"]] == [h["loss"] for h in reference["train"]["history"]]
+
+
+TOY_METHOD = '''"""Toy method for the "adding a method" test: a learnable per-channel scale on the final norm."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import MethodConfig, MethodLayer, PeftMethod, wrap_modules
+from .registry import register_method
+
+
+@dataclass
+class ToyScaleConfig(MethodConfig):
+    """No hyper-parameters."""
+
+
+class ToyScale(MethodLayer):
+    def __init__(self, base_layer):
+        super().__init__()
+        self.base_layer = base_layer
+        self.scale = nn.Parameter(torch.ones(base_layer.normalized_shape[0]))
+
+    def forward(self, x):
+        return self.base_layer(x) * self.scale
+
+
+@register_method
+class ToyScaleMethod(PeftMethod):
+    name = "toy-scale"
+    category = "reparameterization"
+    config_cls = ToyScaleConfig
+    paper = "toy method of the test suite, 2026"
+
+    def inject(self, model):
+        return wrap_modules(model, r"^norm$", ToyScale, method=self.name)
+'''
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Snakemake's job-stats table as {rule: count}."""
+    return {parts[0]: int(parts[1]) for parts in (line.split() for line in stdout.splitlines())
+            if len(parts) == 2 and parts[1].isdigit() and re.fullmatch(r"[a-z_]+", parts[0])
+            and parts[0] != "total"}
+
+
+def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(tmp_path):
+    """The README's recipe, literally: copy the project, keep two methods, run; add a module and a YAML,
+    run the same command again: only the new method's runs train, and the report shows its row."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for part in ("Snakefile", "workflow", "config", "src", "envs"):
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / part)
+    methods_dir = project / "src/vpeft/methods"
+    for module in methods_dir.glob("*.py"):
+        if module.stem not in ("__init__", "_discover", "base", "registry", "linear", "lora"):
+            module.unlink()
+    for yaml_file in (project / "config/methods").glob("*.yaml"):
+        if yaml_file.stem not in ("linear", "lora"):
+            yaml_file.unlink()
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    config["suites"]["vtab-mini"]["methods"] = "all"
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+
+    first = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "toy-scale" not in (project / "reports/index.html").read_text()
+
+    (methods_dir / "toy_scale.py").write_text(TOY_METHOD)
+    (project / "config/methods/toy-scale.yaml").write_text("# toy\nhparams: {}\ntraining: {}\n")
+    second = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-4000:]
+    jobs = job_counts(second.stdout + second.stderr)
+    assert jobs == {"train_run": 2, "suite_table": 1, "report": 1, "all": 1}, jobs
+    report = (project / "reports/index.html").read_text()
+    assert "toy-scale" in report
+    assert json.loads((project / "results/vtab-mini/toy-scale/digits/seed-42/metrics.json").read_text())[
+        "status"] == "ok"

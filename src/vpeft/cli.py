@@ -17,20 +17,37 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def cmd_methods(args) -> int:
+def method_rows() -> list[dict]:
+    """One row per registered method, in table order (baselines, then by family)."""
     from .methods import available_methods, get_method_class
+    from .methods.registry import in_table_order
 
     rows = []
-    for name in available_methods():
+    for name in in_table_order(available_methods()):
         cls = get_method_class(name)
-        rows.append({"name": name, "category": cls.category, "mergeable": cls.mergeable, "paper": cls.paper})
+        stages = [s for s, on in (("selection", cls.needs_selection), ("search", cls.needs_search)) if on]
+        rows.append({"name": name, "family": cls.category, "mergeable": cls.mergeable,
+                     "backbone_grad": cls.needs_backbone_grad, "stages": stages, "reference": cls.paper})
+    return rows
+
+
+def cmd_methods(args) -> int:
+    rows = method_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        width = max(len(r["name"]) for r in rows)
-        print(f"{'name':<{width}}  {'category':<18}  mergeable  paper")
+        return 0
+    if args.markdown:
+        print("| Method | Family | Mergeable | Extra stage | Reference |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"{r['name']:<{width}}  {r['category']:<18}  {'yes' if r['mergeable'] else 'no':<9}  {r['paper']}")
+            print(f"| `{r['name']}` | {r['family']} | {'yes' if r['mergeable'] else 'no'} | "
+                  f"{', '.join(r['stages']) or '-'} | {r['reference']} |")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'family':<18}  mergeable  {'stage':<9}  reference")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['family']:<18}  {'yes' if r['mergeable'] else 'no':<9}  "
+              f"{', '.join(r['stages']) or '-':<9}  {r['reference']}")
     return 0
 
 
@@ -49,7 +66,16 @@ def cmd_count(args) -> int:
     except RuntimeError as err:
         raise SystemExit(f"error: unknown backbone architecture {args.backbone!r} ({err}); "
                          f"list them with: python -c \"import timm; print(timm.list_models())\"") from None
-    applied = apply_method(model, method)
+    selection = None
+    if method.needs_selection:
+        # The count does not depend on *which* entries are selected, only on how many: random inputs do.
+        import torch
+
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        images = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        selection = method.compute_selection(model, [(images, torch.arange(2) % args.num_classes)],
+                                             args.num_classes)
+    applied = apply_method(model, method, selection)
     counts = applied.parameter_counts()
     out = {"method": args.method, "backbone": args.backbone, "num_classes": args.num_classes,
            "hparams": method.config.to_dict(), "trainable_params": counts["trainable"],
@@ -85,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpeft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("methods", help="list registered methods (name, category, mergeable)")
+    p = sub.add_parser("methods", help="list registered methods (family, mergeable, extra stages, reference)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("count", help="apply a method to a random-init backbone and count trainable parameters")

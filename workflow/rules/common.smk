@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from vpeft.methods import get_method_class  # noqa: E402
 from vpeft.config import (  # noqa: E402
     ConfigError,
     data_root,
@@ -32,10 +33,15 @@ except ConfigError as _err:
 
 RES = config["resources_dir"]
 SEEDS = config["seeds"]
+# Methods whose runs need a data-dependent selection stage first (rule select_parameters).
+SELECTION_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_selection)
+# Methods whose final run retrains a searched configuration (rules in search.smk).
+SEARCHED_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_search)
 
 
 def _alternatives(names):
-    return "|".join(sorted(names, key=len, reverse=True))
+    # "(?!)" matches nothing: a constraint over an empty list must not match every name
+    return "|".join(sorted(names, key=len, reverse=True)) or "(?!)"
 
 
 wildcard_constraints:
@@ -104,6 +110,16 @@ def get_run_config(wildcards):
         raise WorkflowError(str(err)) from None
 
 
+def get_stage_inputs(wildcards):
+    """Earlier stages a run reads: the cached selection of data-dependent methods, NOAH's searched subnet."""
+    folder = f"results/{wildcards.suite}/{wildcards.method}/{wildcards.task}/seed-{wildcards.seed}"
+    if wildcards.method in SELECTION_METHODS:
+        return {"selection": f"{folder}/selection.safetensors"}
+    if wildcards.method in SEARCHED_METHODS:
+        return {"subnet": f"{folder}/search/subnet.json"}
+    return {}
+
+
 def run_path(suite, method, task, seed):
     return f"results/{suite}/{method}/{task}/seed-{seed}/metrics.json"
 
@@ -138,7 +154,17 @@ def suite_report_info(name):
     return {"title": suite.get("title", name), "kind": suite["kind"], "protocol": suite["protocol"],
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": {t: e["group"] for t, e in suite["tasks"].items()},
-            "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": []}
+            "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": [],
+            "families": method_families(SUITE_METHODS[name])}
+
+
+def method_families(methods):
+    """Family, mergeability and reference of each method, for the report's grouped table."""
+    out = {}
+    for method in methods:
+        cls = get_method_class(method)
+        out[method] = {"family": cls.category, "mergeable": cls.mergeable, "paper": cls.paper}
+    return out
 
 
 def get_final_output():

@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.data.synthetic.vtab_mini import generate_task  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402

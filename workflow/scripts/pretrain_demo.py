@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.engine.pretrain import PretrainConfig, pretrain_demo_backbone  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402

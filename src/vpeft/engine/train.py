@@ -31,6 +31,7 @@ from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
 from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
+from .selection import compute_selection, load_selection, selection_digest
 
 log = logging.getLogger("vpeft.train")
 
@@ -54,7 +55,7 @@ class TrainingConfig:
     num_workers: int = 0
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
+    def from_dict(cls, values: dict) -> TrainingConfig:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown training key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
@@ -76,7 +77,7 @@ class RunConfig:
     pretrained: bool = True
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
+    def from_dict(cls, values: dict) -> RunConfig:
         return cls(**values)
 
 
@@ -137,7 +138,7 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file is never trusted
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file is never trusted
         log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
         return None
     if state.get("fingerprint") != fingerprint:
@@ -146,19 +147,40 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
     return state
 
 
+def with_searched_hparams(values: dict, search_result: str | Path) -> dict:
+    """The run's settings with the hyper-parameters found by a search stage (`{"hparams": {...}}`)
+    laid over the configured ones."""
+    found = json.loads(Path(search_result).read_text())
+    if not isinstance(found, dict) or not isinstance(found.get("hparams"), dict):
+        raise TrainingError(f"{search_result}: expected a JSON object with an 'hparams' object")
+    return {**values, "method_hparams": {**values.get("method_hparams", {}), **found["hparams"]}}
+
+
+def build_run_model(run: RunConfig, tc: TrainingConfig, base_dir) -> tuple[BackboneSpec, torch.nn.Module, str]:
+    """The run's backbone with a fresh head: call right after `seed_everything(run.seed)` so the head
+    init is the same in every stage of the run (selection, training)."""
+    spec = BackboneSpec.from_config(run.backbone["name"], {k: v for k, v in run.backbone.items() if k != "name"})
+    model, checkpoint_sha = create_backbone(spec, run.num_classes, pretrained=run.pretrained,
+                                            drop_path_rate=tc.drop_path, base_dir=base_dir)
+    return spec, model, checkpoint_sha
+
+
 def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".",
-                 device: str | None = None) -> dict:
+                 device: str | None = None, selection_path: str | Path | None = None) -> dict:
     """Train, evaluate, and write `metrics_path` atomically. Returns the metrics dict.
 
     Every epoch the training state is saved to `checkpoint/` beside `metrics_path` (not a declared
     output, so Snakemake keeps it); a rerun with the same settings resumes from the last complete
     epoch and ends with the same metrics as an uninterrupted run. If the run raises, a failure
     record with the error is left beside `metrics_path` for the report, and the error propagates.
+
+    Methods with a selection stage read it from `selection_path` (the workflow's cached
+    `select_parameters` output) or, without one, compute it in-process first: same result either way.
     """
     metrics_path = Path(metrics_path)
     failure = metrics_path.with_name(FAILURE_RECORD)
     try:
-        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device)
+        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device, selection_path)
     except Exception as err:
         atomic_write_json(failure, {
             "schema": RUN_SCHEMA, "status": "failed",
@@ -170,7 +192,7 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
     return metrics
 
 
-def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device) -> dict:
+def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device, selection_path) -> dict:
     from timm.scheduler import CosineLRScheduler
 
     run = RunConfig.from_dict(values)
@@ -181,11 +203,15 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         torch.use_deterministic_algorithms(True)
     seed_everything(run.seed)
 
-    spec = BackboneSpec.from_config(run.backbone["name"], {k: v for k, v in run.backbone.items() if k != "name"})
-    model, checkpoint_sha = create_backbone(spec, run.num_classes, pretrained=run.pretrained,
-                                            drop_path_rate=tc.drop_path, base_dir=base_dir)
+    spec, model, checkpoint_sha = build_run_model(run, tc, base_dir)
     method = build_method(run.method, run.method_hparams)
-    applied = apply_method(model, method)
+    selection, selection_sha = None, None
+    if method.needs_selection:
+        if selection_path is not None:
+            selection, selection_sha = load_selection(selection_path)
+        else:
+            selection = compute_selection(method, model, run, spec, tc.batch_size)
+    applied = apply_method(model, method, selection)
     counts = applied.parameter_counts()
     log.info("%s/%s/%s seed %d: method matched %d modules; trainable %d (+head %d)", run.suite, run.method,
              run.task, run.seed, len(applied.matched), counts["trainable"], counts["head"])
@@ -204,7 +230,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     checkpoint_dir = metrics_path.parent / CHECKPOINT_DIR
-    fingerprint = run_fingerprint(values)
+    fingerprint = run_fingerprint({**values, "selection": selection_digest(selection)})
     history: list[dict] = []
     train_seconds = 0.0
     seen = 0
@@ -282,7 +308,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
                  "merged": bool(method.mergeable)},
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
-                   "checkpoint_sha256": checkpoint_sha, "fingerprint": fingerprint},
+                   "checkpoint_sha256": checkpoint_sha, "fingerprint": fingerprint,
+                   "selection_sha256": selection_sha},
         "provenance": {**provenance(threads), "device": str(dev)},
     }
     atomic_write_json(metrics_path, metrics)

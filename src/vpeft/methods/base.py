@@ -116,6 +116,9 @@ class PeftMethod:
     #: channels), computed once on the *training split* by `compute_selection` and cached by the
     #: workflow's `select_parameters` rule.
     needs_selection: ClassVar[bool] = False
+    #: True when the workflow searches the method's hyper-parameters before the final run (NOAH:
+    #: supernet training on train800, evolutionary search on val200, then retraining the subnet).
+    needs_search: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_cls()

@@ -300,8 +300,31 @@ def _published_rows(
     return rows, notes
 
 
+#: Family headings of the method table, in table order (keys are `PeftMethod.category`).
+FAMILY_TITLES = {
+    "baseline": "Baselines",
+    "partial": "Partial tuning (selective)",
+    "addition": "Addition (adapters, prompts, prefixes)",
+    "reparameterization": "Reparameterization",
+    "side": "Side-tuning",
+    "unified": "Unified",
+}
+
+
+def _by_family(methods: list[str], families: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Methods grouped by family (stable within a family); unknown families go last."""
+    order = list(FAMILY_TITLES)
+
+    def key(method: str) -> int:
+        family = (families.get(method) or {}).get("family")
+        return order.index(family) if family in order else len(order)
+
+    return sorted(methods, key=key)
+
+
 def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    methods = list(cfg.get("methods") or [])
+    families = cfg.get("families") or {}
+    methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])
     groups = cfg.get("groups") or None
     table = suite_table(runs, name, methods, tasks, groups=groups)
@@ -353,9 +376,15 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dic
             params_title = f"{row['params']:,.0f} trainable parameters (classification head excluded)"
             if row["params_note"]:
                 params_title += f"; {row['params_note']}"
+        info_family = families.get(method) or {}
+        family = info_family.get("family")
         rows.append(
             {
                 "method": method,
+                "family": family,
+                "family_title": FAMILY_TITLES.get(family, family) if family else None,
+                "mergeable": bool(info_family.get("mergeable")),
+                "reference": info_family.get("paper"),
                 "cells": row_cells,
                 "mean": _cell(_fmt(row["mean"]), title=incomplete, best=_is_best(row["mean"], best_mean)),
                 "groups": group_cells,

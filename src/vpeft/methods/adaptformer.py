@@ -1,0 +1,161 @@
+"""AdaptFormer (Chen et al., NeurIPS 2022): a scaled bottleneck in parallel with each block's MLP.
+
+    x <- x + MLP(LN2(x)) + s * W_up Dropout(ReLU(W_down x + b_d)) + s * b_u
+
+Placement. The official code (ShoufaChen/AdaptFormer, `ffn_option="parallel"`,
+`ffn_adapter_layernorm_option="none"`) feeds the branch the post-attention residual stream x, i.e.
+the input of LN2, not the MLP's normalised input; that is our default (`branch_input: residual`).
+`branch_input: normed` feeds it LN2(x), the MLP's own input, instead (the paper's equation writes an
+LN in front of W_down; recalled, not re-read here). `layernorm: true` adds the branch's own LayerNorm
+in front of W_down, as V-PETL's image code does (`adapter_layernorm_option="in"`, +2d per block:
+175,200 on ViT-B/16).
+
+Injection. The timm block is not edited: its `mlp` is wrapped by `AdaptFormerMlp` (which owns the
+branch) and, for `residual` input, its `norm2` by `_Norm2Tap`, a parameter-free pass-through that hands
+the tensor entering LN2 to the MLP wrapper of the same block (the block always calls `norm2` right
+before `mlp`). Works for timm ViT blocks (`blocks.N`) and Swin blocks (`layers.S.blocks.N`); the
+hand-over is a plain attribute, so use DDP rather than `nn.DataParallel` replicas.
+Difference from the official code: there the branch is added outside DropPath; here it is returned
+together with the MLP output, so it sits inside the block's `drop_path2` / `ls2` (LayerScale is
+Identity on ViT-B and Swin). Evaluation is identical; with stochastic depth the branch is dropped for
+the same samples as the MLP.
+
+Init (official `init_option="lora"`): W_down Kaiming-uniform(a=sqrt 5), W_up and both biases zero, so
+the model is unchanged at init; W_down gets gradient from the second step on. Dropout 0.1 on the
+bottleneck. Scale: we default to the official s = 0.1 (the paper's choice; V-PETL's image code uses
+1.0 with the extra LN).
+
+Count: per block 2*d*r + r + d (+2d with `layernorm`). ViT-B/16, r = 8: 156,768 = the published 0.16 M
+(VTAB, the NOAH-paper row, no extra LN). Swin-B, r = 64 (video / dense setting): 129*sum(d) + 64*24 =
+1,553,664. V-PETL's FGVC 0.46 M is not reproducible (catalog: would need r ~ 14.5 with head).
+Not mergeable (ReLU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapter import output_dim
+from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .registry import register_method
+
+_INPUTS = ("residual", "normed")
+
+
+@dataclass
+class AdaptFormerConfig(MethodConfig):
+    """Args:
+    bottleneck: hidden width r of the parallel branch (NOAH / V-PETL image: 8; official video: 64).
+    scale: s multiplying the branch output (official 0.1; V-PETL image code 1.0).
+    dropout: dropout on the bottleneck activations (official 0.1).
+    branch_input: `residual` (input of LN2, official code) or `normed` (LN2 output = the MLP input).
+    layernorm: add a LayerNorm in front of W_down (V-PETL's image variant, +2d per block).
+    target_modules: regex over module names selecting the block MLPs to wrap.
+    """
+
+    bottleneck: int = field(default=8, metadata={"help": "bottleneck width r"})
+    scale: float = field(default=0.1, metadata={"help": "branch scale s"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the bottleneck"})
+    branch_input: str = field(default="residual", metadata={"help": f"one of {_INPUTS}"})
+    layernorm: bool = field(default=False, metadata={"help": "LayerNorm on the branch input (V-PETL image)"})
+    target_modules: str = field(default=r"(^|\.)blocks\.\d+\.mlp$", metadata={"help": "module-name regex"})
+
+    def validate(self):
+        if self.bottleneck < 1:
+            raise MethodError(f"adaptformer.bottleneck must be >= 1, got {self.bottleneck}")
+        if not math.isfinite(self.scale):
+            raise MethodError(f"adaptformer.scale must be finite, got {self.scale}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MethodError(f"adaptformer.dropout must be in [0, 1), got {self.dropout}")
+        if self.branch_input not in _INPUTS:
+            raise MethodError(f"adaptformer.branch_input must be one of {_INPUTS}, got {self.branch_input!r}")
+
+
+class AdaptFormerMlp(MethodLayer):
+    """Wraps a block's MLP: returns MLP(z) + s * up(dropout(relu(down(u)))), where u is the tensor the
+    paired `_Norm2Tap` saw (residual input) or z itself (normed input)."""
+
+    def __init__(self, base_layer: nn.Module, dim: int, bottleneck: int, scale: float, dropout: float,
+                 layernorm: bool, from_residual: bool):
+        super().__init__()
+        self.base_layer = base_layer
+        self.scale = scale
+        self.from_residual = from_residual
+        self.norm = nn.LayerNorm(dim) if layernorm else nn.Identity()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self._residual: torch.Tensor | None = None
+        self.train(base_layer.training)  # injected into an eval-mode model: no dropout until .train()
+
+    def branch(self, u: torch.Tensor) -> torch.Tensor:
+        return self.up(self.dropout(self.act(self.down(self.norm(u))))) * self.scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.from_residual:
+            u, self._residual = self._residual, None
+            if u is None:
+                raise MethodError("AdaptFormer: the block's norm2 did not run before its mlp; "
+                                  "the residual branch input is unavailable")
+            if u.shape != z.shape:
+                raise MethodError(f"AdaptFormer: norm2 input {tuple(u.shape)} does not match mlp input "
+                                  f"{tuple(z.shape)}")
+        else:
+            u = z
+        return self.base_layer(z) + self.branch(u)
+
+
+class _Norm2Tap(MethodLayer):
+    """Pass-through wrapper of a block's `norm2` that hands its input (the post-attention residual
+    stream) to the block's `AdaptFormerMlp`. No parameters of its own."""
+
+    def __init__(self, base_layer: nn.Module, sink: AdaptFormerMlp):
+        super().__init__()
+        self.base_layer = base_layer
+        # a plain reference, not a submodule: the sink is registered once, as the block's `mlp`
+        self.__dict__["_sink"] = sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._sink._residual = x
+        return self.base_layer(x)
+
+
+@register_method
+class AdaptFormer(PeftMethod):
+    name = "adaptformer"
+    category = "addition"
+    config_cls = AdaptFormerConfig
+    mergeable = False
+    paper = "Chen et al., AdaptFormer, NeurIPS 2022 (r = 8 as in NOAH's VTAB row)"
+
+    def inject(self, model):
+        c = self.config
+        names = match_modules(model, c.target_modules)
+        if not names:
+            raise MethodError(f"{self.name}: no module of {type(model).__name__} matches "
+                              f"target_modules={c.target_modules!r}")
+        from_residual = c.branch_input == "residual"
+        for name in names:
+            mlp = model.get_submodule(name)
+            layer = AdaptFormerMlp(mlp, output_dim(mlp), c.bottleneck, c.scale, c.dropout, c.layernorm,
+                                   from_residual)
+            if from_residual:
+                block_name = name.rpartition(".")[0]
+                norm_name = f"{block_name}.norm2" if block_name else "norm2"
+                try:
+                    norm = model.get_submodule(norm_name)
+                except AttributeError:
+                    raise MethodError(f"{self.name}: branch_input=residual needs a `norm2` next to {name}; "
+                                      f"{norm_name} does not exist (use branch_input=normed)") from None
+                replace_module(model, norm_name, _Norm2Tap(norm, layer))
+            replace_module(model, name, layer)
+        return names

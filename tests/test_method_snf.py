@@ -1,0 +1,95 @@
+"""SNF: invertible flows replace the identity shortcuts of every block; the residual branches stay frozen."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from vpeft.methods import MethodError, apply_method, build_method
+from vpeft.methods.snf import ShortcutFlow, ShortcutFlowBlock
+
+
+def small_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
+                             depth=2, num_heads=3, num_classes=5).eval()
+
+
+def test_flow_is_affine_then_planar():
+    torch.manual_seed(0)
+    flow = ShortcutFlow(6, 2, 0.5)
+    with torch.no_grad():
+        flow.mu.normal_()
+        flow.log_sigma.normal_(0, 0.3)
+    x = torch.randn(3, 4, 6)
+    z = flow.mu + flow.log_sigma.exp() * x
+    for k in range(2):
+        z = z + flow.planar_s[k] * torch.tanh(z @ flow.planar_w[k] + flow.planar_b[k]).unsqueeze(-1)
+    torch.testing.assert_close(flow(x), z)
+
+
+def test_log_det_matches_autograd_jacobian():
+    torch.manual_seed(1)
+    flow = ShortcutFlow(5, 3, 0.4).double()
+    x = torch.randn(5, dtype=torch.double)
+    jac = torch.autograd.functional.jacobian(flow, x)
+    torch.testing.assert_close(flow.log_abs_det_jacobian(x), torch.linalg.slogdet(jac).logabsdet)
+
+
+def test_block_uses_flows_on_shortcuts_only():
+    model = small_vit()
+    block = copy.deepcopy(model.blocks[0])
+    apply_method(model, build_method("snf", {"flow_length": 1}))
+    wrapped = model.blocks[0]
+    assert isinstance(wrapped, ShortcutFlowBlock)
+    with torch.no_grad():
+        for flow in wrapped.flows.values():
+            flow.mu.normal_()
+            flow.log_sigma.normal_(0, 0.2)
+        x = torch.randn(2, 17, 48)
+        f1, f2 = wrapped.flows["attn"], wrapped.flows["mlp"]
+        y = f1(x) + block.attn(block.norm1(x))          # branch reads the un-flowed x
+        z = f2(y) + block.mlp(block.norm2(y))
+        torch.testing.assert_close(wrapped(x), z)
+
+
+def test_identity_flows_give_the_frozen_model():
+    model = small_vit()
+    reference = copy.deepcopy(model)
+    apply_method(model, build_method("snf", {"flow_length": 2}))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, ShortcutFlow):
+                module.planar_s.zero_()
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
+
+
+@pytest.mark.parametrize("hparams, expected", [
+    ({"flow_length": 0}, 36_864),                       # affine only: the abstract's "0.036M"
+    ({}, 73_752),                                       # K = 1: + mean FGVC head 180,407 = 254,159 -> 0.25 M
+    ({"flow_length": 1, "shortcuts": ["mlp"]}, 36_876),
+    ({"flow_length": 16}, 627_072),                     # the released code's default K
+])
+def test_count_at_vit_b16(hparams, expected, vit_b16):
+    model = copy.deepcopy(vit_b16)
+    assert apply_method(model, build_method("snf", hparams)).parameter_counts()["trainable"] == expected
+
+
+def test_bad_settings_and_models_are_refused():
+    with pytest.raises(MethodError, match="shortcuts"):
+        build_method("snf", {"shortcuts": ["ffn"]})
+    with pytest.raises(MethodError, match="flow_length"):
+        build_method("snf", {"flow_length": -1})
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
+                             depths=(1, 1), num_heads=(1, 2), window_size=7, num_classes=3)
+    with pytest.raises(MethodError, match="timm ViT"):
+        apply_method(swin, build_method("snf"))
