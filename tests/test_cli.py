@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,11 +30,29 @@ def test_count_reports_matched_modules(capsys):
     assert out["matched"] == [f"blocks.{i}.attn.qkv" for i in range(4)]
 
 
-def test_methods_lists_name_category_mergeable(capsys):
+def test_methods_lists_family_mergeable_stages_reference(capsys):
     assert main(["methods", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["lora"]["mergeable"] is True and rows["adapter"]["mergeable"] is False
-    assert rows["bitfit"]["category"] == "partial"
+    assert rows["bitfit"]["family"] == "partial"
+    assert rows["gps"]["stages"] == ["selection"] and rows["noah"]["stages"] == ["search"]
+    assert rows["lst"]["backbone_grad"] is False
+    assert "2022" in rows["lora"]["reference"]
+    families = [r["family"] for r in rows.values()]
+    assert families == sorted(families, key=["baseline", "partial", "addition", "reparameterization", "side",
+                                             "unified"].index), "listed in table order"
+
+
+def test_methods_markdown_is_the_readme_table(capsys):
+    assert main(["methods", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table in readme, "README's method table is out of date: paste `vpeft methods --markdown`"
+
+
+def test_count_runs_the_selection_stage_of_data_dependent_methods(capsys):
+    assert main(["count", "sct", "--backbone", "vit_base_patch16_224", "--num-classes", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 111_744
 
 
 def test_unknown_method_and_bad_hparam_are_clear():

@@ -283,16 +283,30 @@ def test_vpt_keeps_token_layout_for_the_head():
     assert tokens.shape[1] == 1 + (32 // 8) ** 2
 
 
-@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "partial", "lora", "adapter", "linear", "full"])
+SWIN_METHODS = ["bitfit", "ln-tune", "partial", "lora", "adapter", "linear", "full", "adaptformer", "ssf", "hydra",
+                "gps", "prefix-tuning"]
+
+
+@pytest.mark.parametrize("name", SWIN_METHODS)
 def test_generic_methods_apply_to_swin(name):
+    """The video and dense tracks reuse these on Swin: they must inject, train and (if mergeable) merge there."""
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
                               depths=(1, 1), num_heads=(1, 2), window_size=7, num_classes=3)
-    applied = apply_method(model, build_method(name, CASES[name].small))
-    out = model(torch.randn(2, 3, 56, 56))
+    images = (torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1]))
+    applied = apply_case(name, model, CASES[name].small, num_classes=3, images=images)
+    out = model(images[0])
     out.sum().backward()
     assert out.shape == (2, 3)
     assert applied.parameter_counts()["trainable_with_head"] > 0
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, f"{name} on Swin: {n}"
+    if applied.method.mergeable:
+        model.eval()
+        with torch.no_grad():
+            before = model(images[0])
+            after = applied.merge_and_unload()(images[0])
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
 
 
 def test_vpt_on_swin_is_refused_clearly():
@@ -303,7 +317,7 @@ def test_vpt_on_swin_is_refused_clearly():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(MethodError, match="valid methods: adapter, bitfit"):
+    with pytest.raises(MethodError, match="valid methods: adapter, adaptformer, bitfit"):
         build_method("loraa")
 
 

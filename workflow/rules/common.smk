@@ -110,6 +110,12 @@ def get_run_config(wildcards):
         raise WorkflowError(str(err)) from None
 
 
+def get_search_run_config(wildcards):
+    """The run's settings under the `val` protocol, for search stages that must not see the test split."""
+    run = get_run_config(wildcards)
+    return {**run, "protocol": {**config["protocols"]["val"], "name": "val"}}
+
+
 def get_stage_inputs(wildcards):
     """Earlier stages a run reads: the cached selection of data-dependent methods, NOAH's searched subnet."""
     folder = f"results/{wildcards.suite}/{wildcards.method}/{wildcards.task}/seed-{wildcards.seed}"

@@ -53,6 +53,7 @@ class TrainingConfig:
     drop_path: float = 0.1
     train_aug: bool = False
     num_workers: int = 0
+    weight_decay_1d: bool = True
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingConfig:
@@ -147,6 +148,16 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
     return state
 
 
+def parameter_groups(model: torch.nn.Module, tc: TrainingConfig) -> list[dict]:
+    """Trainable tensors for AdamW. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
+    norm and scale vectors (1-D tensors) are exempt, as in timm and SSF's official recipe."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.weight_decay_1d:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def with_searched_hparams(values: dict, search_result: str | Path) -> dict:
     """The run's settings with the hyper-parameters found by a search stage (`{"hparams": {...}}`)
     laid over the configured ones."""
@@ -223,8 +234,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                               num_workers=tc.num_workers)
     eval_loader = DataLoader(eval_set, batch_size=tc.eval_batch_size, shuffle=False, num_workers=tc.num_workers)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
                                   warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)

@@ -314,6 +314,8 @@ def apply_method(model: nn.Module, method: PeftMethod,
     for param in model.parameters():
         param.requires_grad_(False)
     matched = method.inject(model)
+    for layer in method_layers(model):  # new layers follow the model's mode (dropout off in eval)
+        layer.train(model.training)
     selected = set(method.select_backbone_parameters(model))
     for name, param in model.named_parameters():
         if name in selected:

@@ -144,8 +144,7 @@ class Snf(PeftMethod):
     category = "addition"
     config_cls = SnfConfig
     mergeable = False
-    paper = ("Wang et al., Adapting Shortcut with Normalizing Flow (SNF), CVPR 2023; "
-             "affine + planar flows on both residual shortcuts of every block")
+    paper = "Wang et al., Adapting Shortcut with Normalizing Flow (SNF), CVPR 2023"
 
     def inject(self, model):
         _check_vit(model)

@@ -164,7 +164,7 @@ class UTuning(PeftMethod):
     config_cls = UTuningConfig
     mergeable = False
     paper = ("Jiang et al., Rethinking Efficient Tuning Methods from a Unified Perspective (U-Tuning), "
-             "arXiv 2303.00690, 2023; parallel-prefix U-tuner beside every MHA")
+             "arXiv 2303.00690, 2023")
 
     def inject(self, model):
         c = self.config
