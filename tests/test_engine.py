@@ -53,3 +53,48 @@ def test_nan_loss_stops_with_epoch_and_step_and_writes_nothing(vtab_task, tmp_pa
     with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch \d+, step \d+ \(toy-suite/full/toy"):
         run_training(run_values(vtab_task, "full", lr=1e30, warmup_epochs=0, epochs=3), out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method, hparams", [("sct", {"top_n": 8}), ("gps", {"top_k": 1})])
+def test_cached_selection_stage_gives_the_same_run_as_computing_it_in_process(vtab_task, tmp_path, method,
+                                                                               hparams):
+    """The workflow computes a data-dependent selection once (rule select_parameters) and the run loads
+    it; a run without the file computes it itself. Both must train exactly the same model."""
+    from vpeft.engine.selection import load_selection, run_selection
+
+    values = {**run_values(vtab_task, method), "method_hparams": hparams}
+    selection_file = tmp_path / "selection.safetensors"
+    run_selection(values, selection_file)
+    selection, sha = load_selection(selection_file)
+    assert selection and all(t.numel() for t in selection.values())
+    cached = run_training(values, tmp_path / "cached" / "metrics.json", selection_path=selection_file)
+    inline = run_training(values, tmp_path / "inline" / "metrics.json")
+    assert cached["metric"] == inline["metric"]
+    assert [h["loss"] for h in cached["train"]["history"]] == [h["loss"] for h in inline["train"]["history"]]
+    assert cached["config"]["selection_sha256"] == sha
+    assert cached["params"] == inline["params"]
+
+
+def test_selection_uses_the_training_split_only(vtab_task, tmp_path):
+    """Corrupting the test split must not change the selection: it never reads it."""
+    from vpeft.engine.selection import load_selection, run_selection
+
+    values = {**run_values(vtab_task, "sct"), "method_hparams": {"top_n": 8}}
+    run_selection(values, tmp_path / "a.safetensors")
+    (vtab_task / "test.txt").write_text("")  # an empty test list would break any reader of it
+    run_selection(values, tmp_path / "b.safetensors")
+    a, _ = load_selection(tmp_path / "a.safetensors")
+    b, _ = load_selection(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_weight_decay_1d_false_exempts_vectors(vtab_task):
+    import timm
+
+    from vpeft.engine.train import TrainingConfig, parameter_groups
+
+    model = timm.create_model("vit_demo_patch4_32", num_classes=3)
+    groups = parameter_groups(model, TrainingConfig(weight_decay_1d=False))
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+    assert len(parameter_groups(model, TrainingConfig())) == 1

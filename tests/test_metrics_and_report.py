@@ -560,3 +560,24 @@ def test_formatting_helpers():
     assert format_seconds(12.34) == "12.3 s"
     assert format_seconds(245) == "4 min 05 s"
     assert format_seconds(3725) == "1 h 02 min"
+
+
+def test_html_report_groups_methods_by_family_and_flags_mergeable(tmp_path):
+    methods = ["lora", "linear", "dtl", "adapter"]  # deliberately out of family order
+    paths = [_write_ok(tmp_path, SUITE, m, t, 1, 0.5, 10) for m in methods for t in TASKS]
+    families = {"linear": {"family": "baseline", "mergeable": True, "paper": "probe, 2019"},
+                "adapter": {"family": "addition", "mergeable": False, "paper": "Houlsby et al., 2019"},
+                "lora": {"family": "reparameterization", "mergeable": True, "paper": "Hu et al., 2022"},
+                "dtl": {"family": "side", "mergeable": False, "paper": "Fu et al., 2024"}}
+    suites = {SUITE: {"title": "Mini", "methods": methods, "tasks": TASKS, "published": None, "families": families}}
+    context = build_context(load_runs(paths), suites)
+    rows = context["suites"][0]["rows"]
+    assert [r["method"] for r in rows] == ["linear", "adapter", "lora", "dtl"]
+    out = tmp_path / "r.html"
+    render_report(context, out)
+    text = out.read_text()
+    headings = [text.index(h) for h in ("Baselines", "Addition", "Reparameterization", "Side-tuning")]
+    assert headings == sorted(headings)
+    lora_row = text[text.index(">lora"):text.index("</tr>", text.index(">lora"))]
+    adapter_row = text[text.index(">adapter"):text.index("</tr>", text.index(">adapter"))]
+    assert 'class="merge"' in lora_row and 'class="merge"' not in adapter_row
