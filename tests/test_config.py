@@ -79,7 +79,7 @@ def test_extended_suite_shares_data_and_changes_backbone(config, methods):
 
 
 @pytest.mark.parametrize("suite, method, task, message", [
-    ("vtab-mini", "loraa", "digits", "unknown method 'loraa'; valid methods: adapter, adaptformer, bitfit"),
+    ("vtab-mini", "loraa", "digits", "unknown method 'loraa'; valid methods: adapter, bitfit, dtl"),
     ("vtab-mini", "lora", "cifar", "unknown task 'cifar'; valid tasks: clevr_count, digits"),
     ("vtab-maxi", "lora", "digits", "unknown suite 'vtab-maxi'; valid suites: vtab, vtab-mini"),
 ])

@@ -184,4 +184,6 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
         "method_hparams": hparams,
         "training": training,
         "pretrained": bool(backbone.get("checkpoint")),
+        "layout": suite["layout"],
+        "data": dict(suite.get("data") or {}),
     }

@@ -36,6 +36,7 @@ class BackboneSpec:
     std: tuple = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     notes: str = ""
+    model_kwargs: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -90,7 +91,7 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
         # timm loads .pth with torch.load(weights_only=True) and .npz without pickle: a checkpoint
         # can carry tensors only, never code.
         model = timm.create_model(spec.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
-                                  checkpoint_path=str(path) if path else "")
+                                  checkpoint_path=str(path) if path else "", **spec.model_kwargs)
     except Exception as err:  # key mismatch, pickled objects, truncated file: name file and architecture
         if path is None:
             raise

@@ -34,3 +34,20 @@ def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
     """Decode a deterministic split once into memory (no augmentation: every epoch sees the same tensors)."""
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.utils.data.TensorDataset(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+
+
+
+def _transform(spec, train_aug: bool):
+    from .transforms import build_transform
+
+    return build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation, train_aug=train_aug)
+
+
+def train_dataset(run, spec, tc):
+    """The `vtab` layout's training split (augmented when `train_aug`, else decoded once into memory)."""
+    train = VtabSplit(run.task_dir, run.protocol["train_split"], _transform(spec, tc.train_aug), run.num_classes)
+    return train if tc.train_aug else materialize(train)  # deterministic input: decode once, not per epoch
+
+
+def eval_dataset(run, spec, tc):
+    return VtabSplit(run.task_dir, run.protocol["eval_split"], _transform(spec, False), run.num_classes)

@@ -12,13 +12,13 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from ..data.transforms import build_transform
-from ..data.vtab import VtabSplit
+from ..data.layouts import get_layout
 from ..io import atomic_write_bytes
 from ..methods import PeftMethod, build_method
 from ..provenance import provenance
@@ -26,20 +26,19 @@ from ..provenance import provenance
 log = logging.getLogger("vpeft.selection")
 
 
-def selection_batches(run, spec, batch_size: int):
+def selection_batches(run, spec, tc):
     """The training split, in file order, without augmentation."""
-    transform = build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation, train_aug=False)
-    split = VtabSplit(run.task_dir, run.protocol["train_split"], transform, run.num_classes)
-    return torch.utils.data.DataLoader(split, batch_size=batch_size, shuffle=False)
+    split = get_layout(run.layout).train_dataset(run, spec, replace(tc, train_aug=False))
+    return torch.utils.data.DataLoader(split, batch_size=tc.batch_size, shuffle=False)
 
 
-def compute_selection(method: PeftMethod, model: torch.nn.Module, run, spec, batch_size: int) -> dict:
+def compute_selection(method: PeftMethod, model: torch.nn.Module, run, spec, tc) -> dict:
     """Run `method`'s selection stage without touching the global RNG streams the training run uses."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
-        selection = method.compute_selection(model, selection_batches(run, spec, batch_size), run.num_classes)
+        selection = method.compute_selection(model, selection_batches(run, spec, tc), run.num_classes)
     model.train(was_training)
     if not selection or not all(isinstance(v, torch.Tensor) for v in selection.values()):
         raise TypeError(f"{method.name}.compute_selection must return a non-empty dict of tensors")
@@ -84,7 +83,7 @@ def run_selection(values: dict, out_path: str | Path, *, threads: int = 1, base_
     method = build_method(run.method, run.method_hparams)
     if not method.needs_selection:
         raise ValueError(f"method '{run.method}' has no selection stage")
-    selection = compute_selection(method, model, run, spec, tc.batch_size)
+    selection = compute_selection(method, model, run, spec, tc)
     record = {"suite": run.suite, "task": run.task, "method": run.method, "seed": run.seed,
               "split": run.protocol["train_split"], "method_hparams": method.config.to_dict(),
               "checkpoint_sha256": checkpoint_sha, "provenance": provenance(threads)}

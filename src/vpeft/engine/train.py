@@ -24,8 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbones import BackboneSpec, create_backbone
-from ..data.transforms import build_transform
-from ..data.vtab import VtabSplit, materialize
+from ..data.layouts import get_layout
 from ..io import atomic_write_json
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
@@ -76,6 +75,8 @@ class RunConfig:
     method_hparams: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     pretrained: bool = True
+    layout: str = "vtab"
+    data: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
@@ -96,15 +97,8 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 def _datasets(run: RunConfig, spec: BackboneSpec, tc: TrainingConfig):
-    def transform(train: bool):
-        return build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation,
-                               train_aug=train and tc.train_aug)
-
-    train = VtabSplit(run.task_dir, run.protocol["train_split"], transform(True), run.num_classes)
-    evaluation = VtabSplit(run.task_dir, run.protocol["eval_split"], transform(False), run.num_classes)
-    if not tc.train_aug:
-        train = materialize(train)  # deterministic input: decode once, not once per epoch
-    return train, evaluation
+    layout = get_layout(run.layout)
+    return layout.train_dataset(run, spec, tc), layout.eval_dataset(run, spec, tc)
 
 
 @torch.no_grad()
@@ -221,7 +215,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         if selection_path is not None:
             selection, selection_sha = load_selection(selection_path)
         else:
-            selection = compute_selection(method, model, run, spec, tc.batch_size)
+            selection = compute_selection(method, model, run, spec, tc)
     applied = apply_method(model, method, selection)
     counts = applied.parameter_counts()
     log.info("%s/%s/%s seed %d: method matched %d modules; trainable %d (+head %d)", run.suite, run.method,
