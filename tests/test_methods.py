@@ -87,6 +87,10 @@ CASES = {
                   "lora_ranks": (10, 1, 5, 5, 1, 10, 1, 1, 1, 10, 1, 1),
                   "adapter_dims": (5, 10, 10, 10, 5, 1, 1, 1, 10, 10, 10, 1)},
                  lambda: D * 69 + 4 * D * 47 + (2 * D + 1) * 74 + 12 * D, identity=False),
+    # ROW bapat
+    # ROW mona
+    # ROW lorand
+    # ROW e3va
 }
 IDENTITY_AT_INIT = sorted(name for name, case in CASES.items() if case.identity)
 
