@@ -9,11 +9,11 @@ from .base import (
     SelectiveMethod,
     apply_method,
     count_parameters,
+    match_modules,
     method_layers,
+    replace_module,
     transformer_blocks,
     wrap_modules,
-    match_modules,
-    replace_module,
 )
 from .registry import available_methods, build_method, get_method_class, register_method
 
@@ -31,8 +31,8 @@ __all__ = [
     "get_method_class",
     "match_modules",
     "method_layers",
+    "register_method",
     "replace_module",
     "transformer_blocks",
     "wrap_modules",
-    "register_method",
 ]

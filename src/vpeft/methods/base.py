@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ class MethodConfig:
         """Raise `MethodError` on inconsistent values. Override in subclasses."""
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, *, method: str = "") -> "MethodConfig":
+    def from_dict(cls, values: dict[str, Any] | None, *, method: str = "") -> MethodConfig:
         values = dict(values or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
@@ -93,6 +94,17 @@ class MethodLayer(nn.Module):
         for name, param in self.named_parameters():
             if not name.startswith("base_layer."):
                 yield name, param
+
+    @torch.no_grad()
+    def stash_base_parameters(self) -> None:
+        """Keep exact copies of the base layer's tensors before a merge edits them in place, so that
+        `restore_base_parameters` undoes the merge bit for bit (no float round trip)."""
+        self._stashed = {n: p.detach().clone() for n, p in self.base_layer.named_parameters(recurse=False)}
+
+    @torch.no_grad()
+    def restore_base_parameters(self) -> None:
+        for name, value in self.__dict__.pop("_stashed").items():
+            getattr(self.base_layer, name).copy_(value)
 
     def merge(self) -> None:  # pragma: no cover - overridden by mergeable layers
         raise MethodError(f"{type(self).__name__} cannot be merged into the backbone")
@@ -206,6 +218,38 @@ def transformer_blocks(model: nn.Module) -> list[str]:
     """Names of the transformer blocks in forward order: `blocks.N` in a timm ViT, `layers.S.blocks.N`
     across stages in a timm Swin."""
     return match_modules(model, r"(^|\.)blocks\.\d+$")
+
+
+def leading_untouched_blocks(model: nn.Module) -> int:
+    """Number of leading transformer blocks with no method layer in or before them.
+
+    Relies on timm registering modules in forward order (true for ViT and Swin: patch_embed, blocks /
+    stages, norm, head); a block that contains the first method layer is not counted."""
+    blocks = transformer_blocks(model)
+    layers = {id(m) for m in method_layers(model)}
+    order = {}
+    first = None
+    for i, (name, module) in enumerate(model.named_modules()):
+        order[name] = i
+        if first is None and id(module) in layers:
+            first = (i, name)
+    if first is None:
+        return len(blocks)
+    count = 0
+    for block in blocks:
+        if order[block] < first[0] and not first[1].startswith(block + "."):
+            count += 1
+        else:
+            break
+    return count
+
+
+def check_selection_fits(method: str, selection: dict, names: list[str]) -> None:
+    """A cached selection must name exactly the modules the method acts on in this model."""
+    unknown, missing = sorted(set(selection) - set(names)), sorted(set(names) - set(selection))
+    if unknown or missing:
+        raise MethodError(f"{method}: the selection does not fit this model (missing {missing[:3]}, "
+                          f"unknown {unknown[:3]}); recompute it with compute_selection")
 
 
 def method_layers(model: nn.Module) -> list[MethodLayer]:

@@ -45,7 +45,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import (
+    MethodConfig,
+    MethodError,
+    MethodLayer,
+    PeftMethod,
+    check_selection_fits,
+    match_modules,
+    replace_module,
+)
 from .registry import register_method
 
 _CANDIDATE_KINDS = (nn.Linear, nn.Conv2d)
@@ -246,10 +254,7 @@ class Gps(PeftMethod):
     def inject(self, model):
         selection = self.selection or {}
         names = self.candidate_layers(model)
-        unknown, missing = sorted(set(selection) - set(names)), sorted(set(names) - set(selection))
-        if unknown or missing:
-            raise MethodError(f"gps: the selection does not fit this model (missing {missing[:3]}, "
-                              f"unknown {unknown[:3]}); recompute it with compute_selection")
+        check_selection_fits("gps", selection, names)
         for name in names:
             layer = model.get_submodule(name)
             indices = selection[name].to(torch.int64).reshape(-1)

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, leading_untouched_blocks, wrap_modules
 from .registry import register_method
-from .ssf import leading_untouched_blocks
 
 
 @dataclass
@@ -115,8 +114,7 @@ class RepAdapterLinear(MethodLayer):
         if not (torch.isfinite(m).all() and torch.isfinite(c).all()):
             raise MethodError("RepAdapter weights are not finite; refusing to merge")
         weight, bias = self.base_layer.weight, self.base_layer.bias
-        self.register_buffer("_orig_weight", weight.detach().clone(), persistent=False)
-        self.register_buffer("_orig_bias", bias.detach().clone(), persistent=False)
+        self.stash_base_parameters()
         w = weight.double()
         bias.copy_(w @ c + bias.double())
         weight.copy_(w @ m)
@@ -126,9 +124,7 @@ class RepAdapterLinear(MethodLayer):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        self.base_layer.weight.copy_(self._orig_weight)
-        self.base_layer.bias.copy_(self._orig_bias)
-        del self._orig_weight, self._orig_bias
+        self.restore_base_parameters()
         self.merged = False
 
 

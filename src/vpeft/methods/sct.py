@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, replace_module, transformer_blocks
+from .base import (
+    MethodConfig,
+    MethodError,
+    MethodLayer,
+    PeftMethod,
+    check_selection_fits,
+    replace_module,
+    transformer_blocks,
+)
 from .registry import register_method
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
@@ -150,10 +158,7 @@ class Sct(PeftMethod):
     def inject(self, model):
         selection = self.selection or {}
         names = self._blocks(model)
-        unknown, missing = sorted(set(selection) - set(names)), sorted(set(names) - set(selection))
-        if unknown or missing:
-            raise MethodError(f"sct: the selection does not fit this model (missing {missing[:3]}, "
-                              f"unknown {unknown[:3]}); recompute it with compute_selection")
+        check_selection_fits("sct", selection, names)
         for name in names:
             block = model.get_submodule(name)
             width = self._width(block)

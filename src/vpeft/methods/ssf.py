@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, method_layers, transformer_blocks, wrap_modules
+from .base import (
+    MethodConfig,
+    MethodError,
+    MethodLayer,
+    PeftMethod,
+    leading_untouched_blocks,
+    wrap_modules,
+)
 from .registry import register_method
 
 _DEFAULT_TARGETS = (r"^patch_embed\.(proj|norm)$"
@@ -97,8 +104,7 @@ class ScaleShift(MethodLayer):
         if not (torch.isfinite(self.scale).all() and torch.isfinite(self.shift).all()):
             raise MethodError("SSF scale/shift is not finite; refusing to merge")
         weight, bias = self.base_layer.weight, self.base_layer.bias
-        self.register_buffer("_orig_weight", weight.detach().clone(), persistent=False)
-        self.register_buffer("_orig_bias", bias.detach().clone(), persistent=False)
+        self.stash_base_parameters()
         scale, shift = self.scale.double(), self.shift.double()
         w_scale = scale.view(-1, *([1] * (weight.ndim - 1)))  # output channels are dim 0 for all three kinds
         weight.copy_(weight.double() * w_scale)
@@ -109,34 +115,8 @@ class ScaleShift(MethodLayer):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        self.base_layer.weight.copy_(self._orig_weight)
-        self.base_layer.bias.copy_(self._orig_bias)
-        del self._orig_weight, self._orig_bias
+        self.restore_base_parameters()
         self.merged = False
-
-
-def leading_untouched_blocks(model: nn.Module) -> int:
-    """Number of leading transformer blocks with no method layer in or before them.
-
-    Relies on timm registering modules in forward order (true for ViT and Swin: patch_embed, blocks /
-    stages, norm, head); a block that contains the first method layer is not counted."""
-    blocks = transformer_blocks(model)
-    layers = {id(m) for m in method_layers(model)}
-    order = {}
-    first = None
-    for i, (name, module) in enumerate(model.named_modules()):
-        order[name] = i
-        if first is None and id(module) in layers:
-            first = (i, name)
-    if first is None:
-        return len(blocks)
-    count = 0
-    for block in blocks:
-        if order[block] < first[0] and not first[1].startswith(block + "."):
-            count += 1
-        else:
-            break
-    return count
 
 
 @register_method
