@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from vpeft.backbones import BackboneError, BackboneSpec, create_backbone, sha256_of
+from vpeft.backbones.google_npz import save_google_npz
+from vpeft.backbones.swin_official import save_official_swin
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_spec(**overrides) -> BackboneSpec:
@@ -52,47 +59,83 @@ def test_random_init_control_needs_no_file():
     assert digest is None and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
-def _to_google_npz(model, path):
-    """Write a timm ViT in the key layout of Google's original ViT .npz checkpoints."""
-    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    dim = model.embed_dim
-    heads = model.blocks[0].attn.num_heads
-    out = {
-        "embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
-        "embedding/bias": sd["patch_embed.proj.bias"],
-        "cls": sd["cls_token"],
-        "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
-        "Transformer/encoder_norm/scale": sd["norm.weight"],
-        "Transformer/encoder_norm/bias": sd["norm.bias"],
-    }
-    for i in range(len(model.blocks)):
-        p, b = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        out[p + "LayerNorm_0/scale"], out[p + "LayerNorm_0/bias"] = sd[b + "norm1.weight"], sd[b + "norm1.bias"]
-        out[p + "LayerNorm_2/scale"], out[p + "LayerNorm_2/bias"] = sd[b + "norm2.weight"], sd[b + "norm2.bias"]
-        qkv_w, qkv_b = sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]
-        for j, name in enumerate(("query", "key", "value")):
-            w = qkv_w[j * dim:(j + 1) * dim]  # (out, in)
-            out[p + f"MultiHeadDotProductAttention_1/{name}/kernel"] = w.T.reshape(dim, heads, dim // heads)
-            out[p + f"MultiHeadDotProductAttention_1/{name}/bias"] = qkv_b[j * dim:(j + 1) * dim].reshape(
-                heads, dim // heads)
-        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(
-            heads, dim // heads, dim)
-        out[p + "MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
-        for j, fc in ((0, "fc1"), (1, "fc2")):
-            out[p + f"MlpBlock_3/Dense_{j}/kernel"] = sd[b + f"mlp.{fc}.weight"].T
-            out[p + f"MlpBlock_3/Dense_{j}/bias"] = sd[b + f"mlp.{fc}.bias"]
-    np.savez(path, **out)
-
-
 def test_google_npz_layout_loads_through_the_same_path(tmp_path):
-    """The real ViT-B/16 IN-21K file is a Google .npz; a small ViT saved in that key layout must load
-    through create_backbone (timm's checkpoint_path) and give the same features."""
+    """The real ViT-B/16 IN-21K file is a Google .npz; a small ViT saved in that key layout (with the
+    IN-21k files' representation layer and 21,843-way head) must load through create_backbone and
+    give the same features."""
     torch.manual_seed(5)
     source = timm.create_model("vit_demo_patch4_32", pretrained=False, num_classes=0).eval()
-    path = tmp_path / "ViT-demo.npz"
-    _to_google_npz(source, path)
+    path = save_google_npz(source, tmp_path / "ViT-demo.npz", head_classes=21843, representation=True)
+    with np.load(path) as npz:
+        assert {"embedding/kernel", "Transformer/encoderblock_3/MultiHeadDotProductAttention_1/query/kernel",
+                "pre_logits/kernel", "head/kernel"} <= set(npz.files)
     model, _ = create_backbone(demo_spec(checkpoint=str(path)), num_classes=4)
     x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().forward_features(x), source.forward_features(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_google_npz_of_another_depth_is_refused_naming_the_file(tmp_path):
+    other = timm.create_model("vit_demo_patch4_32", pretrained=False, num_classes=0, depth=2)
+    path = save_google_npz(other, tmp_path / "ViT-B_16.npz")
+    with pytest.raises(BackboneError, match=r"cannot load .*ViT-B_16\.npz \(google-npz format\).*4 blocks.*2 blocks"):
+        create_backbone(demo_spec(checkpoint=str(path)), num_classes=2)
+
+
+SMALL_SWIN = {"embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)}
+
+
+def swin_spec(path, **kwargs) -> BackboneSpec:
+    return BackboneSpec(name="swin-small-test", arch="swin_tiny_patch4_window7_224", checkpoint=str(path),
+                        checkpoint_format="swin-official", input_size=224, model_kwargs=kwargs or SMALL_SWIN)
+
+
+def test_official_swin_checkpoint_loads_and_reproduces_features(tmp_path):
+    """Microsoft's Swin .pth layout ({'model': ...}, patch merging at the end of a stage, `head`,
+    stored buffers), written from a timm Swin of the same class, loads to the same features."""
+    torch.manual_seed(6)
+    source = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, **SMALL_SWIN).eval()
+    path = save_official_swin(source, tmp_path / "swin_small_22k.pth", head_classes=21841)
+    keys = set(torch.load(path, weights_only=True)["model"])
+    assert {"layers.0.downsample.reduction.weight", "head.weight", "layers.2.blocks.1.attn_mask",
+            "layers.0.blocks.0.attn.relative_position_index"} <= keys
+    assert "layers.3.downsample.reduction.weight" not in keys
+    model, digest = create_backbone(swin_spec(path), num_classes=5)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().forward_features(x), source.forward_features(x), rtol=0, atol=0)
+    assert digest == sha256_of(path) and model.get_classifier().out_features == 5
+
+
+def test_official_swin_of_another_size_is_refused_naming_keys(tmp_path):
+    other = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
+                              **dict(SMALL_SWIN, depths=(1, 1, 1, 1)))
+    path = save_official_swin(other, tmp_path / "swin.pth")
+    with pytest.raises(BackboneError, match=r"cannot load .*swin\.pth \(swin-official format\).*missing keys"):
+        create_backbone(swin_spec(path), num_classes=2)
+
+
+REAL = [("vit-b16-in21k", 21843), ("vit-l16-in21k", 21843), ("swin-b-in22k", 21841), ("swin-l-in22k", 21841)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, head_classes", REAL, ids=[n for n, _ in REAL])
+def test_real_size_backbones_load_from_their_release_format(tmp_path, name, head_classes):
+    """The config's image backbones at their real size: random init, saved in the release file's key
+    layout (Google npz / official Swin .pth, with the pre-training head), loaded through the config's
+    entry and create_backbone, one 224 px image gives the same features."""
+    entry = yaml.safe_load((ROOT / "config/config.yaml").read_text())["backbones"][name]
+    torch.manual_seed(0)
+    source = timm.create_model(entry["arch"], pretrained=False, num_classes=0).eval()
+    path = tmp_path / Path(entry["checkpoint"]).name
+    if entry["checkpoint_format"] == "google-npz":
+        save_google_npz(source, path, head_classes=head_classes, representation=True)
+    else:
+        save_official_swin(source, path, head_classes=head_classes)
+    spec = BackboneSpec.from_config(name, dict(entry, checkpoint=str(path)))
+    model, _ = create_backbone(spec, num_classes=10)
+    x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model.eval().forward_features(x), source.forward_features(x),
                                    rtol=1e-5, atol=1e-5)

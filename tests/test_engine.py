@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from vpeft.engine.train import TrainingError, run_training
 
@@ -98,3 +100,108 @@ def test_weight_decay_1d_false_exempts_vectors(vtab_task):
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
     assert groups[1]["weight_decay"] == 0.0
     assert len(parameter_groups(model, TrainingConfig())) == 1
+
+
+# -- multi-view evaluation ---------------------------------------------------------------------------
+
+class _ViewsAreLogits(torch.utils.data.Dataset):
+    """Each example is V views whose 'images' are the logits themselves (the model is the identity)."""
+
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, views: int):
+        self.logits, self.labels, self.views = logits, labels, views
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.logits[i], self.labels[i]
+
+
+def test_multi_view_evaluation_averages_softmax_probabilities_over_views():
+    from vpeft.engine.train import evaluate
+
+    # Example 0: the mean of the logits says class 1 (one very confident view), the mean of the
+    # probabilities says class 0 (two views prefer it). Example 1 is unambiguous.
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 20.0], [1.0, 0.0]],
+                           [[0.0, 3.0], [0.0, 1.0], [0.5, 0.0]]])
+    probs = logits.softmax(-1).mean(1).argmax(-1)
+    assert probs.tolist() == [0, 1] and logits.mean(1).argmax(-1).tolist() == [1, 1]
+    data = _ViewsAreLogits(logits, torch.tensor([0, 1]), views=3)
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    seen = []
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x
+
+    accuracy, n = evaluate(Identity(), loader, "cpu")
+    assert (accuracy, n) == (1.0, 2) and seen == [(6, 2)], "views are flattened into the batch, then averaged"
+    # the same batches read as single views would be wrong: the convention is the dataset's `views`
+    data.views = 1
+    with pytest.raises(Exception):
+        evaluate(Identity(), loader, "cpu")
+
+
+def test_multi_view_evaluation_rejects_a_batch_without_the_declared_view_axis():
+    from vpeft.engine.train import evaluate
+
+    data = _ViewsAreLogits(torch.zeros(4, 2, 5), torch.zeros(4, dtype=torch.long), views=3)
+    with pytest.raises(TrainingError, match=r"views=3 .* shape \(4, 2, 5\)"):
+        evaluate(torch.nn.Identity(), torch.utils.data.DataLoader(data, batch_size=4), "cpu")
+
+
+# -- GPU knobs, exercised on CPU at tiny size ---------------------------------------------------------
+
+def test_bf16_autocast_runs_on_cpu_and_changes_the_numerics(vtab_task, tmp_path):
+    fp32 = run_training(run_values(vtab_task, "lora", epochs=1), tmp_path / "fp32.json")
+    bf16 = run_training(run_values(vtab_task, "lora", epochs=1, precision="bf16"), tmp_path / "bf16.json")
+    assert bf16["train"]["precision"] == "bf16" and fp32["train"]["precision"] == "fp32"
+    assert all(math.isfinite(h["loss"]) for h in bf16["train"]["history"])
+    assert bf16["train"]["history"][0]["loss"] != fp32["train"]["history"][0]["loss"], "autocast had no effect"
+    assert 0.0 <= bf16["metric"]["value"] <= 1.0
+
+
+@pytest.mark.parametrize("method, cache", [("lora", "off"), ("partial", "auto")])
+def test_compiled_training_runs_and_matches_eager(vtab_task, tmp_path, method, cache):
+    """torch.compile through dynamo + AOT autograd (aot_eager: no C++ code generation, so the test
+    stays fast); inductor itself is exercised by the slow test below."""
+    values = {**run_values(vtab_task, method, epochs=1, drop_path=0.0, feature_cache=cache),
+              "method_hparams": {"rank": 2} if method == "lora" else {"k": 1}}
+    eager = run_training(values, tmp_path / "eager.json")
+    values["training"] = {**values["training"], "compile": True, "compile_backend": "aot_eager"}
+    compiled = run_training(values, tmp_path / "compiled.json")
+    assert compiled["train"]["compiled"] is True
+    assert compiled["train"]["feature_cache"]["used"] is (cache == "auto")
+    torch.testing.assert_close(compiled["train"]["history"][0]["loss"], eager["train"]["history"][0]["loss"],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_training_runs(vtab_task, tmp_path):
+    m = run_training(run_values(vtab_task, "lora", epochs=1, compile=True), tmp_path / "metrics.json")
+    assert m["train"]["compiled"] is True and math.isfinite(m["train"]["final_loss"])
+
+
+def test_pin_memory_is_accepted_on_cpu_and_fused_attention_is_recorded(vtab_task, tmp_path):
+    m = run_training(run_values(vtab_task, "lora", epochs=1, pin_memory=True), tmp_path / "metrics.json")
+    assert m["train"]["fused_attention"] is True, "timm's SDPA path must stay on"
+
+
+def test_training_config_rejects_bad_knobs_and_reads_yaml_off():
+    from vpeft.engine.train import TrainingConfig
+
+    with pytest.raises(ValueError, match="training.precision"):
+        TrainingConfig(precision="fp16")
+    with pytest.raises(ValueError, match="training.feature_cache"):
+        TrainingConfig(feature_cache="sometimes")
+    assert TrainingConfig(feature_cache=False).feature_cache == "off"  # YAML reads a bare `off` as false
+
+
+def test_result_neutral_keys_do_not_change_the_run_fingerprint(vtab_task):
+    from vpeft.engine.train import run_fingerprint
+
+    base = run_values(vtab_task, "linear")
+    neutral = run_values(vtab_task, "linear", feature_cache="off", feature_cache_dir="x", pin_memory=True)
+    assert run_fingerprint(base) == run_fingerprint(neutral)
+    assert run_fingerprint(base) != run_fingerprint(run_values(vtab_task, "linear", precision="bf16"))

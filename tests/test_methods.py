@@ -87,10 +87,15 @@ CASES = {
                   "lora_ranks": (10, 1, 5, 5, 1, 10, 1, 1, 1, 10, 1, 1),
                   "adapter_dims": (5, 10, 10, 10, 5, 1, 1, 1, 10, 10, 10, 1)},
                  lambda: D * 69 + 4 * D * 47 + (2 * D + 1) * 74 + 12 * D, identity=False),
-    # ROW bapat
-    # ROW mona
-    # ROW lorand
-    # ROW e3va
+    "bapat": Case({"adapter_bottleneck": 4, "patt_dim": 4}, {},  # BitFit + AdaptFormer r=64 + PATT(k, v) m=64
+                  lambda: (L * (3 * D + D + H + D + 2 * D) + D + D) + L * (2 * D * 64 + 64 + D)
+                  + L * (D * 64 + 64 + 64 * 2 * D + 2 * D), identity=False),  # 3,081,216; see bapat.py
+    "mona": Case({"bottleneck": 8}, {},  # 2 modules per block: 133 d + 9,728 each at m = 64 (see mona.py)
+                 lambda m=64: L * 2 * (5 * D + 2 * D * m + m * (9 + 25 + 49) + 3 * m + m * m + 2 * m), identity=False),
+    "lorand": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # alpha (2 beta (d + m) + beta^2) + m + d, 2 per block
+                   lambda a=2, b=8, m=64: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D)),
+    "e3va": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # LoRand-style adapters x 2 per block + final norm
+                 lambda a=2, b=8, m=64: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D) + 2 * D),
 }
 IDENTITY_AT_INIT = sorted(name for name, case in CASES.items() if case.identity)
 

@@ -75,7 +75,10 @@ def cmd_count(args) -> int:
         images = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         selection = method.compute_selection(model, [(images, torch.arange(2) % args.num_classes)],
                                              args.num_classes)
-    applied = apply_method(model, method, selection)
+    try:
+        applied = apply_method(model, method, selection)
+    except ValueError as err:  # MethodError: the method does not fit this architecture
+        raise SystemExit(f"error: {err}") from None
     counts = applied.parameter_counts()
     out = {"method": args.method, "backbone": args.backbone, "num_classes": args.num_classes,
            "hparams": method.config.to_dict(), "trainable_params": counts["trainable"],

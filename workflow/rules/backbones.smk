@@ -1,5 +1,12 @@
 # Backbone checkpoints that live under resources/ are fetched by this rule (the shipped demo
-# checkpoint in assets/ is already there).
+# checkpoint in assets/ is already there): resumable, and checked against the config's sha256 or,
+# where the config has none, the download lock file (the first download records it). Offline, place
+# the file at its `checkpoint` path by hand; it is checked when a run loads it.
+
+
+# Runs where Snakemake runs (a cluster's login node has the network compute nodes often lack).
+localrules:
+    download_backbone,
 
 
 rule download_backbone:
@@ -7,6 +14,7 @@ rule download_backbone:
         f"{RES}/backbones/{{filename}}",
     params:
         backbone=get_download_params,
+        lock=config.get("download_lock"),
     log:
         "logs/backbones/{filename}.log",
     conda:

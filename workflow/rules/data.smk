@@ -1,4 +1,11 @@
-# Data: generate embedded suites; check every task folder (embedded or external) before training.
+# Data: generate embedded suites; download, verify and extract downloaded ones; check every task
+# folder (embedded, downloaded or the user's own) and write its checksummed manifest before training.
+#
+#   download_data_archive   url -> <resources>/downloads/<suite>/<file>   (resumable, sha256 checked)
+#   prepare_task_folder     archives -> <root>/<task>/                    (sha256 checked again, safe
+#                                                                          extraction, atomic rename)
+#   check_task_data         <root>/<task>/ -> <resources>/index/<suite>/<task>.json + .manifest.csv
+include: "data_inputs.smk"
 
 
 rule generate_embedded_task:
@@ -16,15 +23,59 @@ rule generate_embedded_task:
         "../scripts/generate_embedded_task.py"
 
 
+# Downloads run where Snakemake runs (on a cluster: the login node, which has the network that
+# compute nodes often lack); everything after them runs as ordinary jobs.
+localrules:
+    download_data_archive,
+
+
+rule download_data_archive:
+    output:
+        f"{RES}/downloads/{{dsuite}}/{{archive}}",
+    params:
+        spec=get_archive_download_params,
+    log:
+        "logs/data/download/{dsuite}/{archive}.log",
+    wildcard_constraints:
+        dsuite=_regex_alternatives(downloaded_data_suites()),
+        archive=_regex_alternatives({a for s in downloaded_data_suites() for a in SUITES[s]["download"]["archives"]}),
+    conda:
+        ENV
+    script:
+        "../scripts/download_archive.py"
+
+
+rule prepare_task_folder:
+    input:
+        get_prepare_inputs,
+    output:
+        directory("{droot}/{task}"),
+    params:
+        spec=get_prepare_params,
+    log:
+        "logs/data/prepare/{droot}/{task}.log",
+    wildcard_constraints:
+        droot=_regex_alternatives(DOWNLOAD_ROOTS),
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    script:
+        "../scripts/prepare_task_folder.py"
+
+
 rule check_task_data:
     input:
-        get_task_data_input,
+        get_check_input,
     output:
-        f"{RES}/index/{{suite}}/{{task}}.json",
+        index=f"{RES}/index/{{suite}}/{{task}}.json",
+        manifest=f"{RES}/index/{{suite}}/{{task}}.manifest.csv",
     params:
-        task=get_task_check_params,
+        task=get_check_params,
     log:
         "logs/data/check/{suite}/{task}.log",
+    resources:
+        mem_mb=2000,
     conda:
         ENV
     script:

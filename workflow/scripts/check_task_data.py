@@ -1,15 +1,17 @@
-"""Snakemake script: check a task folder (split files, labels, images) and write its index."""
+"""Snakemake script: check a task folder (split files, sizes, labels, every image) and write its index
+and checksummed manifest (vpeft.data.manifest), which training reads."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from vpeft.data.check import check_task_folder  # noqa: E402
-from vpeft.io import atomic_write_json  # noqa: E402
+from vpeft.data.layouts import get_checker  # noqa: E402
+from vpeft.data.manifest import write_task_index  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
-p = snakemake.params.task
-atomic_write_json(snakemake.output[0], check_task_folder(p["task_dir"], p["num_classes"], suite=p["suite"],
-                                                          task=p["task"], source=p["source"]))
+options = dict(snakemake.params.task)
+layout = options.pop("layout")
+index, rows = get_checker(layout)(options.pop("task_dir"), options.pop("num_classes"), **options)
+write_task_index(snakemake.output.index, index, rows)

@@ -1,4 +1,5 @@
-"""Snakemake script: fetch a backbone checkpoint from its URL and check its sha256."""
+"""Snakemake script: fetch a backbone checkpoint from its URL (resumable) and check its sha256 against
+the config or the download lock file."""
 
 import sys
 from pathlib import Path
@@ -10,4 +11,4 @@ from vpeft.logs import log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
 b = snakemake.params.backbone
-fetch_checkpoint(b["name"], b["url"], snakemake.output[0], b["sha256"])
+fetch_checkpoint(b["name"], b["url"], snakemake.output[0], b["sha256"], lock=snakemake.params.lock)

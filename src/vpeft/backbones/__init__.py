@@ -1,9 +1,15 @@
 """Backbones by timm `arch.tag`, with checkpoints loaded from local files through timm.
 
 Real and demo backbones take the same path: `create_backbone` builds the timm architecture with
-random init and no head, loads the checkpoint with timm's `checkpoint_path` (Google `.npz` through
-timm's own npz reader, `.safetensors` / `.pth` as state dicts with `weights_only=True`) after its
-sha256 has been checked, then attaches a fresh head for the task.
+random init and no head, checks the checkpoint's sha256, loads it in its format, then attaches a
+fresh head for the task. Formats (`checkpoint_format` in the config, else from the file name):
+
+* `timm`: a timm state dict (`.safetensors`, or `.pth` read with `weights_only=True`) through timm's
+  `checkpoint_path`;
+* `google-npz`: Google's original ViT `.npz` (vpeft.backbones.google_npz; timm's npz reader after a
+  layout check);
+* `swin-official`: Microsoft's official Swin `.pth` (vpeft.backbones.swin_official; keys converted
+  with timm's filter, the 22k head dropped, loaded strictly).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class BackboneSpec:
     std: tuple = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     notes: str = ""
+    checkpoint_format: str | None = None
     model_kwargs: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -77,6 +84,17 @@ def resolve_checkpoint(spec: BackboneSpec, base_dir: str | Path = ".") -> tuple[
     return path, digest
 
 
+CHECKPOINT_FORMATS = ("timm", "google-npz", "swin-official")
+
+
+def checkpoint_format(spec: BackboneSpec) -> str:
+    fmt = spec.checkpoint_format or ("google-npz" if str(spec.checkpoint or "").endswith(".npz") else "timm")
+    if fmt not in CHECKPOINT_FORMATS:
+        raise BackboneError(f"backbones.{spec.name}.checkpoint_format: unknown format {fmt!r}; valid: "
+                            f"{', '.join(CHECKPOINT_FORMATS)}")
+    return fmt
+
+
 def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = True,
                     drop_path_rate: float = 0.0, base_dir: str | Path = "."):
     """Build `spec.arch` with its checkpoint loaded (if `pretrained`) and a new head for the task.
@@ -87,15 +105,25 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
     import torch
 
     path, digest = resolve_checkpoint(spec, base_dir) if pretrained else (None, None)
+    fmt = checkpoint_format(spec) if path else None
     try:
         # timm loads .pth with torch.load(weights_only=True) and .npz without pickle: a checkpoint
         # can carry tensors only, never code.
         model = timm.create_model(spec.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
-                                  checkpoint_path=str(path) if path else "", **spec.model_kwargs)
+                                  checkpoint_path=str(path) if fmt == "timm" else "", **spec.model_kwargs)
+        if fmt == "google-npz":
+            from .google_npz import load_google_npz
+
+            load_google_npz(model, path)
+        elif fmt == "swin-official":
+            from .swin_official import load_official_swin
+
+            load_official_swin(model, path)
     except Exception as err:  # key mismatch, pickled objects, truncated file: name file and architecture
         if path is None:
             raise
-        raise BackboneError(f"cannot load {path} into {spec.arch}: {type(err).__name__}: {err}") from err
+        raise BackboneError(f"cannot load {path} ({fmt} format) into {spec.arch}: {type(err).__name__}: {err}") \
+            from err
     model.reset_classifier(num_classes)
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear):

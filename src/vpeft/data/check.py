@@ -1,49 +1,121 @@
-"""Checking a VTAB-layout task folder before any training reads it."""
+"""Checking a VTAB-layout task folder before any training reads it.
+
+What is checked: the four split files exist and parse (`<path> <label>` per line), line counts match
+the expected sizes (VTAB-1k: 800 / 200 / 1000 / the task's test size), labels lie in
+[0, num_classes), train800val200 = train800 + val200, and every listed image exists and decodes.
+Each image's sha256 goes into the manifest (vpeft.data.manifest) that training reads.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections import Counter
 from pathlib import Path
 
-from .images import load_image
+from .manifest import Row, decode_image
 from .splits import SPLITS, DataError, read_split_file
 
+log = logging.getLogger(__name__)
 
-def _missing_folder_message(task_dir: Path, suite: str, task: str, source: str) -> str:
+PROGRESS_EVERY = 5000
+
+
+def _missing_folder_message(task_dir: Path, suite: str, task: str, source: str, tried: list[Path]) -> str:
     if source == "embedded":
         return f"embedded task folder {task_dir} is missing; re-run the rule generate_embedded_task"
     hint = ""
-    if task == "cifar" and (task_dir.parent / "cifar100").is_dir():
+    if task == "cifar" and (task_dir.parent / "cifar100").is_dir() and task_dir.parent / "cifar100" not in tried:
         hint = " A 'cifar100' folder exists beside it: V-PETL's name for the same task; rename or symlink it to 'cifar'."
-    return (f"data for task '{task}' of suite '{suite}' not found at {task_dir}. Put an extracted VTAB-1k copy "
+    also = f" (also looked for {', '.join(p.name for p in tried[1:])})" if len(tried) > 1 else ""
+    return (f"data for task '{task}' of suite '{suite}' not found at {task_dir}{also}. Put an extracted VTAB-1k copy "
             f"in the NOAH layout there (<root>/{task}/train800.txt, val200.txt, train800val200.txt, test.txt "
             f"and images/<split>/...), or set suites.{suite}.root in config/config.yaml to the folder that "
             f"holds your copy.{hint}")
 
 
-def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = "", task: str = "",
-                      source: str = "external", decode: bool = True) -> dict:
-    """Validate every split file (format, label range) and every listed image (exists, decodes).
-
-    Returns an index: per-split counts and class histograms. Raises DataError naming the problem.
-    """
+def resolve_task_folder(task_dir: str | Path, folders: list[str] | None = None) -> tuple[Path | None, list[Path]]:
+    """The first existing folder among `task_dir` and its alternative names (`folders`, siblings of
+    task_dir), with the list of paths tried."""
     task_dir = Path(task_dir)
-    if not task_dir.is_dir():
-        raise DataError(_missing_folder_message(task_dir, suite, task or task_dir.name, source))
+    tried = [task_dir] + [task_dir.parent / f for f in (folders or []) if f != task_dir.name]
+    return next((p for p in tried if p.is_dir()), None), tried
+
+
+def hash_and_decode(path: Path, decode: bool = True) -> str:
+    """sha256 of an image file, after checking that it decodes (the error names the file)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    if decode:
+        decode_image(data, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sizes(counts: dict[str, int], sizes: dict[str, int] | None, files: dict[str, Path], where: str) -> None:
+    for split, expected in (sizes or {}).items():
+        if split in counts and counts[split] != expected:
+            raise DataError(f"{files[split]} lists {counts[split]} images, expected {expected} "
+                            f"(set by {where}.sizes.{split})")
+
+
+class Progress:
+    """Logs how many images have been checked, every PROGRESS_EVERY."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done = label, total, 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done % PROGRESS_EVERY == 0 or self.done == self.total:
+            log.info("%s: %d / %d images checked", self.label, self.done, self.total)
+
+
+def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = "", task: str = "",
+                      source: str = "external", decode: bool = True, sizes: dict[str, int] | None = None,
+                      folders: list[str] | None = None, with_rows: bool = False):
+    """Validate a VTAB-layout task folder. Returns its index (per-split counts and class histograms,
+    the folder actually used), and with `with_rows` also the manifest rows. Raises DataError naming
+    the problem (file and line where there is one)."""
+    found, tried = resolve_task_folder(task_dir, folders)
+    task = task or Path(task_dir).name
+    if found is None:
+        raise DataError(_missing_folder_message(Path(task_dir), suite, task, source, tried))
+    task_dir = found
+    files = {split: task_dir / f"{split}.txt" for split in SPLITS}
+    items = {split: read_split_file(files[split], num_classes) for split in SPLITS}
+    counts = {split: len(v) for split, v in items.items()}
+    check_sizes(counts, sizes, files, f"suites.{suite}.tasks.{task}" if suite else "the config")
+    expected = counts["train800"] + counts["val200"]
+    if counts["train800val200"] != expected:
+        raise DataError(f"{task_dir}/train800val200.txt has {counts['train800val200']} lines, "
+                        f"expected train800 + val200 = {expected}")
+    progress = Progress(f"{suite}/{task}", sum(counts.values()))
+    hashes: dict[str, str] = {}
+    rows: list[Row] = []
     splits = {}
     for split in SPLITS:
-        items = read_split_file(task_dir / f"{split}.txt", num_classes)
-        for rel, _ in items:
-            path = task_dir / rel
-            if not path.is_file():
-                raise DataError(f"{task_dir / (split + '.txt')}: listed image {rel} does not exist")
-            if decode:
-                load_image(path)
-        histogram = Counter(label for _, label in items)
-        splits[split] = {"count": len(items), "classes": {str(k): histogram[k] for k in sorted(histogram)}}
-    expected = splits["train800"]["count"] + splits["val200"]["count"]
-    if splits["train800val200"]["count"] != expected:
-        raise DataError(f"{task_dir}/train800val200.txt has {splits['train800val200']['count']} lines, "
-                        f"expected train800 + val200 = {expected}")
-    return {"suite": suite, "task": task, "task_dir": str(task_dir), "num_classes": num_classes,
-            "source": source, "splits": splits}
+        for rel, label in items[split]:
+            if rel not in hashes:
+                path = task_dir / rel
+                if not path.is_file():
+                    raise DataError(f"{files[split]}: listed image {rel} does not exist")
+                hashes[rel] = hash_and_decode(path, decode)
+            rows.append(Row(split, rel, label, hashes[rel]))
+            progress.step()
+        histogram = Counter(label for _, label in items[split])
+        splits[split] = {"count": counts[split], "classes": {str(k): histogram[k] for k in sorted(histogram)}}
+    missing = sorted(set(range(num_classes)) - {label for _, label in items["train800val200"]})
+    if missing:
+        log.warning("%s/%s: %d of %d classes have no training image in train800val200 (e.g. %s)", suite, task,
+                    len(missing), num_classes, missing[:5])
+    index = {"suite": suite, "task": task, "layout": "vtab", "task_dir": str(task_dir), "num_classes": num_classes,
+             "source": source, "splits": splits}
+    return (index, rows) if with_rows else index
+
+
+def check_vtab_task(task_dir: str | Path, num_classes: int, **options):
+    """The layouts registry's checker for `vtab`: (index, manifest rows)."""
+    options.pop("image_dir", None)
+    return check_task_folder(task_dir, num_classes, with_rows=True, **options)

@@ -10,6 +10,11 @@ evaluation input may carry a leading view axis (clips x crops), which the engine
 
 Adding a layout is one entry here, pointing at the module that implements it (imported lazily, so
 the image track never imports a video or detection stack).
+
+Before training, the rule check_task_data validates every task folder and writes its index and
+manifest (vpeft.data.manifest). `CHECKERS` names each layout's checker, a torch-free function
+`(task_dir, num_classes, *, suite, task, source, folders, sizes, **task_options) -> (index, rows)`;
+a layout without one is checked as a VTAB-layout folder.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ import importlib
 
 LAYOUTS = {
     "vtab": "vpeft.data.vtab",
+    "fgvc": "vpeft.data.fgvc",
+    "video-csv": "vpeft.video.layout",
+}
+
+CHECKERS = {
+    "vtab": "vpeft.data.check:check_vtab_task",
+    "fgvc": "vpeft.data.fgvc:check_task",
 }
 
 
@@ -30,3 +42,9 @@ def get_layout(name: str):
     if name not in LAYOUTS:
         raise LayoutError(f"unknown data layout {name!r}; valid layouts: {', '.join(sorted(LAYOUTS))}")
     return importlib.import_module(LAYOUTS[name])
+
+
+def get_checker(name: str):
+    """The function that validates a task folder of layout `name` (VTAB's for layouts without one)."""
+    module, _, function = CHECKERS.get(name, CHECKERS["vtab"]).partition(":")
+    return getattr(importlib.import_module(module), function)

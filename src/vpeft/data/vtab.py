@@ -1,4 +1,10 @@
-"""VTAB-1k task folders in the NOAH layout (catalog §6.1); the embedded suites use the same layout."""
+"""VTAB-1k task folders in the NOAH layout (catalog §6.1); the embedded suites use the same layout.
+
+Training reads the checked manifest when the run names its task index (`run.data["index"]`, the
+output of the rule check_task_data): the folder that was checked (cifar or cifar100), the rows of the
+protocol's splits, and each image's sha256, verified when the image is read. Without an index (a run
+built by hand) the split files of `run.task_dir` are read directly.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,13 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import load_image
+from .manifest import Row, load_checked_image, read_rows
+from .protocols import for_layout, random_training_input
 from .splits import SPLITS, DataError, read_split_file
+
+# Deterministic training splits up to this many images are decoded once into memory (VTAB's 1000 at
+# 224 px are 0.6 GB); larger ones (FGVC) are decoded per epoch.
+MATERIALIZE_LIMIT = 4096
 
 
 class VtabSplit(Dataset):
@@ -30,24 +42,58 @@ class VtabSplit(Dataset):
         return self.transform(load_image(self.task_dir / rel)), label
 
 
+class ManifestSplit(Dataset):
+    """Rows of a checked manifest: each image is verified against its sha256 before decoding."""
+
+    def __init__(self, task_dir: str | Path, rows: list[Row], transform):
+        self.task_dir = Path(task_dir)
+        self.rows = rows
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        return self.transform(load_checked_image(self.task_dir / row.path, row.sha256)), row.label
+
+
 def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
     """Decode a deterministic split once into memory (no augmentation: every epoch sees the same tensors)."""
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.utils.data.TensorDataset(torch.stack(images), torch.tensor(labels, dtype=torch.long))
 
 
+def materialize_small(dataset: Dataset) -> Dataset:
+    return materialize(dataset) if len(dataset) <= MATERIALIZE_LIMIT else dataset
 
-def _transform(spec, train_aug: bool):
+
+def _transform(spec, train_aug: bool, interpolation: str | None = None):
     from .transforms import build_transform
 
-    return build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation, train_aug=train_aug)
+    return build_transform(spec.input_size, spec.mean, spec.std, interpolation or spec.interpolation,
+                           train_aug=train_aug)
+
+
+def _split(run, split: str, transform) -> Dataset:
+    index = (run.data or {}).get("index")
+    if index:
+        task_dir, rows = read_rows(index, [split])
+        return ManifestSplit(task_dir, rows, transform)
+    return VtabSplit(run.task_dir, split, transform, run.num_classes)
 
 
 def train_dataset(run, spec, tc):
-    """The `vtab` layout's training split (augmented when `train_aug`, else decoded once into memory)."""
-    train = VtabSplit(run.task_dir, run.protocol["train_split"], _transform(spec, tc.train_aug), run.num_classes)
-    return train if tc.train_aug else materialize(train)  # deterministic input: decode once, not per epoch
+    """The protocol's training split: augmented when the protocol allows it and `train_aug` is on,
+    else decoded once into memory."""
+    protocol = for_layout(run.protocol, "vtab")
+    augment = random_training_input(protocol, tc.train_aug)
+    # V-PETL resizes with bicubic interpolation before RandAugment (catalog §4.2)
+    interpolation = "bicubic" if augment and protocol.augmentation == "vpetl" else None
+    train = _split(run, protocol.train_split, _transform(spec, augment, interpolation))
+    return train if augment else materialize_small(train)
 
 
 def eval_dataset(run, spec, tc):
-    return VtabSplit(run.task_dir, run.protocol["eval_split"], _transform(spec, False), run.num_classes)
+    protocol = for_layout(run.protocol, "vtab")
+    return _split(run, protocol.eval_split, _transform(spec, False))

@@ -7,6 +7,8 @@ selected on it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,9 +32,13 @@ from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
 from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
+from .feature_cache import MODES as FEATURE_CACHE_MODES
+from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
 from .selection import compute_selection, load_selection, selection_digest
 
 log = logging.getLogger("vpeft.train")
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. the loss became NaN); the message says where."""
@@ -53,6 +59,25 @@ class TrainingConfig:
     train_aug: bool = False
     num_workers: int = 0
     weight_decay_1d: bool = True
+    # Speed knobs: none of them changes what is computed, except precision and compile (numerics).
+    feature_cache: str = "auto"           # auto: cache the frozen prefix when that is exact; off
+    feature_cache_memory_mb: float = 4096  # larger caches need feature_cache_dir (or are not built)
+    feature_cache_dir: str | None = None  # keep features on disk, keyed, reused across runs
+    precision: str = "fp32"               # fp32 | bf16 (autocast, on CPU too)
+    compile: bool = False                 # torch.compile the training forward
+    compile_backend: str = "inductor"     # torch.compile backend (aot_eager: no code generation)
+    pin_memory: bool = False              # pinned host memory for the copy to a GPU (no effect on CPU)
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true).
+        if isinstance(self.feature_cache, bool):
+            self.feature_cache = "auto" if self.feature_cache else "off"
+        if self.feature_cache not in FEATURE_CACHE_MODES:
+            raise ValueError(f"training.feature_cache must be one of {FEATURE_CACHE_MODES}, got {self.feature_cache!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        if not self.feature_cache_memory_mb >= 0:
+            raise ValueError(f"training.feature_cache_memory_mb must be >= 0, got {self.feature_cache_memory_mb!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingConfig:
@@ -60,6 +85,11 @@ class TrainingConfig:
         if unknown:
             raise ValueError(f"unknown training key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
         return cls(**values)
+
+
+#: Training keys that cannot change a run's result (the cache is exact, pinning only moves bytes):
+#: left out of the run fingerprint, so a checkpoint resumes whatever they are set to.
+RESULT_NEUTRAL_KEYS = ("feature_cache", "feature_cache_memory_mb", "feature_cache_dir", "pin_memory")
 
 
 @dataclass
@@ -101,19 +131,48 @@ def _datasets(run: RunConfig, spec: BackboneSpec, tc: TrainingConfig):
     return layout.train_dataset(run, spec, tc), layout.eval_dataset(run, spec, tc)
 
 
+def autocast_context(device: torch.device, precision: str):
+    """A factory of the precision context of forward passes (bf16 autocast works on CPU too)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @torch.no_grad()
-def evaluate(model, loader, device) -> tuple[float, int]:
+def evaluate(model, loader, device, *, views: int | None = None, autocast=None) -> tuple[float, int]:
+    """Top-1 accuracy of `model` over `loader`.
+
+    Multi-view evaluation: when the dataset says `views = V > 1` (or `views` is given), every input
+    batch is shaped (B, V, ...); the model sees all B*V views and each example's prediction is the
+    argmax of its softmax probabilities averaged over its V views (clips x crops in video).
+    """
     model.eval()
+    views = int(views if views is not None else getattr(loader.dataset, "views", 1) or 1)
+    autocast = autocast or autocast_context(torch.device(device), "fp32")
     correct = total = 0
-    for images, labels in loader:
-        logits = model(images.to(device))
-        correct += top1_accuracy(logits, labels.to(device)) * labels.numel()
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        if views > 1:
+            if inputs.ndim < 2 or inputs.shape[1] != views:
+                raise TrainingError(f"evaluation dataset declares views={views} but yields a batch of shape "
+                                    f"{tuple(inputs.shape)}; expected (batch, {views}, ...)")
+            with autocast():
+                logits = model(inputs.flatten(0, 1))
+            scores = logits.float().softmax(dim=-1).view(inputs.shape[0], views, -1).mean(dim=1)
+        else:
+            with autocast():
+                scores = model(inputs)
+        correct += top1_accuracy(scores, labels) * labels.numel()
         total += labels.numel()
     return correct / total, total
 
 
 def run_fingerprint(values: dict) -> str:
     """Identity of a run's settings: a checkpoint is only resumed by the run that wrote it."""
+    if isinstance(values.get("training"), dict):
+        values = {**values, "training": {k: v for k, v in values["training"].items()
+                                         if k not in RESULT_NEUTRAL_KEYS}}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -222,11 +281,27 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
              run.task, run.seed, len(applied.matched), counts["trainable"], counts["head"])
     model.to(dev)
 
+    autocast = autocast_context(dev, tc.precision)
+    pin = bool(tc.pin_memory and dev.type == "cuda")
     train_set, eval_set = _datasets(run, spec, tc)
+    cache, cache_info = _feature_cache(model, method, run, spec, tc, train_set, dev, autocast, checkpoint_sha,
+                                       base_dir, pin)
     shuffle_rng = torch.Generator().manual_seed(run.seed)
-    train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
-                              num_workers=tc.num_workers)
-    eval_loader = DataLoader(eval_set, batch_size=tc.eval_batch_size, shuffle=False, num_workers=tc.num_workers)
+    if cache is not None:
+        # Same sampler, same generator, same length: the loader draws the same index order as it
+        # would over the images, and the step looks the features up by index.
+        train_loader = DataLoader(IndexDataset(cache.labels), batch_size=tc.batch_size, shuffle=True,
+                                  generator=shuffle_rng)
+        forward = functools.partial(cache.forward, model)
+    else:
+        train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
+                                  num_workers=tc.num_workers, pin_memory=pin)
+        forward = model
+    if tc.compile:
+        forward = torch.compile(forward, backend=tc.compile_backend)
+    views = int(getattr(eval_set, "views", 1) or 1)
+    eval_loader = DataLoader(eval_set, batch_size=max(1, tc.eval_batch_size // views), shuffle=False,
+                             num_workers=tc.num_workers, pin_memory=pin)
 
     optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
@@ -253,16 +328,20 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         history, train_seconds, seen, start_epoch = (state["history"], state["train_seconds"], state["seen"],
                                                      state["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, tc.epochs, checkpoint_dir)
+    train_seconds += cache_info.build_seconds  # computing the cache is training time
 
     for epoch in range(start_epoch, tc.epochs):
         scheduler.step(epoch)
         model.train()
         start = time.perf_counter()
         loss_sum = correct = count = 0.0
-        for step, (images, labels) in enumerate(train_loader):
-            images, labels = images.to(dev), labels.to(dev)
-            logits = model(images)
-            loss = criterion(logits, labels)
+        for step, (inputs, labels) in enumerate(train_loader):
+            labels = labels.to(dev, non_blocking=pin)
+            if cache is None:
+                inputs = inputs.to(dev, non_blocking=pin)
+            with autocast():
+                logits = forward(inputs)
+            loss = criterion(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                                     f"({run.suite}/{run.method}/{run.task}, seed {run.seed})")
@@ -291,7 +370,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()
-    accuracy, n_eval = evaluate(model, eval_loader, dev)
+    accuracy, n_eval = evaluate(model, eval_loader, dev, views=views, autocast=autocast)
     eval_seconds = time.perf_counter() - start
     peak, peak_kind = _peak_memory_mb(dev)
     log.info("final model on %s: top-1 %.4f (%d images)", run.protocol["eval_split"], accuracy, n_eval)
@@ -308,9 +387,11 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         "train": {"epochs": tc.epochs, "images": int(seen), "images_per_second": seen / max(train_seconds, 1e-9),
                   "wall_seconds": train_seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
                   "resumed_from_epoch": start_epoch or None,
-                  "final_loss": history[-1]["loss"] if history else math.nan, "history": history},
+                  "final_loss": history[-1]["loss"] if history else math.nan,
+                  "feature_cache": cache_info.to_dict(), "precision": tc.precision, "compiled": bool(tc.compile),
+                  "fused_attention": _fused_attention(model), "history": history},
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
-                 "merged": bool(method.mergeable)},
+                 "merged": bool(method.mergeable), "views": views},
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
                    "checkpoint_sha256": checkpoint_sha, "fingerprint": fingerprint,
                    "selection_sha256": selection_sha},
@@ -319,6 +400,31 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     atomic_write_json(metrics_path, metrics)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return metrics
+
+
+def _feature_cache(model, method, run: RunConfig, spec: BackboneSpec, tc: TrainingConfig, train_set, dev,
+                   autocast, checkpoint_sha, base_dir, pin) -> tuple[FeatureCache | None, CacheInfo]:
+    """Plan and build the frozen-prefix cache (see `feature_cache`); (None, why not) when off."""
+    plan = plan_cache(model, method, tc.feature_cache, tc.train_aug, train_set)
+    if not plan.used:
+        log.info("feature cache off: %s", plan.reason)
+        return None, CacheInfo(used=False, reason=plan.reason, declared_prefix_blocks=plan.declared_blocks)
+    folder = Path(base_dir, tc.feature_cache_dir) if tc.feature_cache_dir else None
+    built = build_cache(
+        model, plan, train_set, device=dev, autocast=autocast, batch_size=tc.eval_batch_size,
+        memory_mb=tc.feature_cache_memory_mb, folder=folder, non_blocking=pin,
+        key_fn=lambda digest: cache_keys(model, plan, digest, arch=spec.arch, checkpoint_sha=checkpoint_sha,
+                                         precision=tc.precision, device_type=dev.type))
+    if isinstance(built, FeatureCache):
+        return built, built.info
+    log.info("feature cache off: %s", built.reason)
+    return None, built
+
+
+def _fused_attention(model) -> bool | None:
+    """Whether every timm attention module takes the fused SDPA path (None: the model has none)."""
+    flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    return all(flags) if flags else None
 
 
 def _flatten_random_state(state) -> list:

@@ -25,6 +25,8 @@ import pandas as pd
 
 __all__ = [
     "FGVC_TASKS",
+    "PUBLISHED_TASKS",
+    "VIDEO_TABLES",
     "PUBLISHED_SOURCE",
     "TASK_ALIASES",
     "VTAB_GROUPS",
@@ -65,6 +67,33 @@ PUBLISHED_SOURCE = "V-PETL Bench README (ViT-B/16, supervised IN-21K)"
 
 _FILES = {"vtab": ("vtab1k.csv", VTAB_TASKS), "fgvc": ("fgvc.csv", FGVC_TASKS)}
 
+#: Video tables (V-PETL README, catalog §7.4): one csv, one published key per (dataset, backbone).
+#: key -> (task column, backbone column value). ViT-B is VideoMAE (K400 self-supervised), Swin is Video Swin-B.
+VIDEO_TABLES: dict[str, tuple[str, str]] = {
+    "ssv2": ("ssv2", "vit-b"), "ssv2-vswin": ("ssv2", "video-swin-b"),
+    "hmdb51": ("hmdb51", "vit-b"), "hmdb51-vswin": ("hmdb51", "video-swin-b"),
+}
+
+#: The task columns of every published key.
+PUBLISHED_TASKS: dict[str, tuple[str, ...]] = {
+    "vtab": VTAB_TASKS, "fgvc": FGVC_TASKS, **{k: (task,) for k, (task, _) in VIDEO_TABLES.items()},
+}
+
+
+def _load_video(key: str) -> pd.DataFrame:
+    """One (dataset, backbone) slice of video.csv in the image tables' columns (mean = the task's value)."""
+    task, backbone = VIDEO_TABLES[key]
+    with resources.files(__package__).joinpath("published", "video.csv").open("r", encoding="utf-8") as handle:
+        table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    table = table[table["backbone"] == backbone]
+    out = pd.DataFrame({
+        "method": table["method"], "display_name": table["display_name"], task: table[task].astype(float),
+        "mean": table[task].astype(float), "params_printed": table["params_printed"],
+        "params": table["params"].astype("int64"), "ppt_printed": table[f"{task}_ppt_printed"], "note": table["note"],
+    })
+    out["ppt"] = pd.to_numeric(out["ppt_printed"].replace("-", float("nan")), errors="raise").astype(float)
+    return out.set_index("method")
+
 
 def published_task(task: str) -> str:
     """Our canonical task name for ``task`` (maps known aliases, returns anything else unchanged)."""
@@ -72,11 +101,14 @@ def published_task(task: str) -> str:
 
 
 def load_published(suite: str) -> pd.DataFrame | None:
-    """The published table for ``suite`` (``"vtab"`` or ``"fgvc"``), indexed by method name.
+    """The published table for ``suite`` (``"vtab"``, ``"fgvc"``, or a video key of ``VIDEO_TABLES``),
+    indexed by method name.
 
     Returns ``None`` for any other suite name, so callers can write
     ``load_published(cfg.get("published") or "")``.
     """
+    if suite in VIDEO_TABLES:
+        return _load_video(suite)
     if suite not in _FILES:
         return None
     filename, tasks = _FILES[suite]

@@ -1,0 +1,159 @@
+"""Shared pieces of the benchmark sections: models, methods, timing, memory."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from vpeft import backbones  # noqa: E402,F401  (registers the demo architecture with timm)
+
+
+def vit(arch: str, img_size: int, num_classes: int = 10, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A random-init timm model (weights do not change speed or memory)."""
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=img_size, **kwargs)
+
+
+def method_hparams(name: str) -> dict:
+    """The method's configured default hyper-parameters (config/methods/<name>.yaml: hparams)."""
+    import yaml
+
+    path = REPO / "config" / "methods" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    return dict((yaml.safe_load(path.read_text()) or {}).get("hparams") or {})
+
+
+def apply(model: torch.nn.Module, name: str, hparams: dict | None = None, img_size: int = 224,
+          num_classes: int = 10):
+    """Inject method `name` (configured defaults unless `hparams`), running its selection stage on a
+    random batch when it has one (what is selected does not change the cost)."""
+    from vpeft.methods import apply_method, build_method
+
+    method = build_method(name, method_hparams(name) if hparams is None else hparams)
+    selection = None
+    if method.needs_selection:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(4, 3, img_size, img_size, generator=g)
+        selection = method.compute_selection(copy.deepcopy(model), [(images, torch.arange(4) % num_classes)],
+                                             num_classes)
+    return apply_method(model, method, selection)
+
+
+def train_step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast=None):
+    """One AdamW training step over the model's trainable tensors, as the engine runs it."""
+    import contextlib
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    autocast = autocast or contextlib.nullcontext
+    model.train()
+
+    def step():
+        with autocast():
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def sync(device: torch.device | str = "cpu") -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved (A B A B ...) so that machine load
+    that changes during the measurement hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
+
+
+class PeakMemory:
+    """Peak memory of a block of work above what is held when it starts.
+
+    GPU: torch.cuda.max_memory_allocated. CPU: the process's resident-set high-water mark (VmHWM,
+    reset through /proc/self/clear_refs) minus the resident set at the start: what the work added
+    (activations, gradients, optimizer state), not the model weights already in memory.
+    """
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_high_water"
+        self.mb = 0.0
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.start = _status_kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _status_kib("VmHWM") * 1024
+        self.mb = (peak - self.start) / 2**20
+        return False
+
+
+def saved_activation_mb(fn) -> float:
+    """MiB of tensors autograd keeps for the backward pass while `fn()` runs its forward (exact,
+    device-independent; storage shared by several saved tensors is counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensors
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")

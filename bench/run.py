@@ -1,0 +1,164 @@
+"""V-PEFT Bench speed benchmark: prints ratios measured side by side in one run on one machine, and
+writes them (with provenance) to a JSON file. See bench/README.md.
+
+    python bench/run.py                      # default sizes: ~10 min on a 2-core CPU
+    python bench/run.py --only lora,merge    # some sections
+    python bench/run.py --arch vit_base_patch16_224 --img-size 224 --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import REPO
+
+SECTIONS = ("lora", "cache", "merge", "methods", "vitb")
+GOALS = {
+    "lora_over_peft": "<= 0.9 (never > 1.0)",
+    "linear_cache_speedup": ">= 20",
+    "merged_over_plain": "<= 1.02",
+    "side_tuning_memory_below_lora": "all",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON output file")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g = p.add_argument_group("model of the lora / merge / methods sections")
+    g.add_argument("--arch", default="vit_small_patch16_224", help="timm architecture (random init)")
+    g.add_argument("--img-size", type=int, default=112)
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--rank", type=int, default=8, help="LoRA rank (ours and peft's)")
+    g.add_argument("--rounds", type=int, default=7, help="timed repetitions per variant (median)")
+    g.add_argument("--method-steps", type=int, default=3, help="timed steps per method")
+    g.add_argument("--methods", default="", help="comma-separated methods (default: all registered)")
+    g = p.add_argument_group("cache section (vtab1k protocol, vit-demo, generated task)")
+    g.add_argument("--cache-train-images", type=int, default=200, help="1000 = VTAB-1k's train800val200")
+    g.add_argument("--cache-test-images", type=int, default=200)
+    g.add_argument("--cache-epochs", type=int, default=100, help="100 = the vtab1k protocol's epochs")
+    g = p.add_argument_group("ViT-B/16 step")
+    g.add_argument("--vitb-batch", type=int, default=0, help="0: 4 on CPU, 128 on GPU")
+    g.add_argument("--vitb-steps", type=int, default=3)
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the ViT-B/16 step")
+    return p.parse_args(argv)
+
+
+def summary(results: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, value, goal, met) rows."""
+    rows = []
+    if "lora" in results:
+        r = results["lora"]["ratio_ours_over_peft"]
+        rows.append(("LoRA train step, ours / peft", f"{r:.3f}", GOALS["lora_over_peft"],
+                     "yes" if r <= 0.9 else ("partly (<= 1.0)" if r <= 1.0 else "no")))
+    if "cache" in results:
+        for name, m in results["cache"]["methods"].items():
+            goal = GOALS["linear_cache_speedup"] if name == "linear" else "-"
+            met = ("yes" if m["speedup_train"] >= 20 else "no") if name == "linear" else "-"
+            rows.append((f"{name}: uncached / cached training time", f"{m['speedup_train']:.1f}x", goal, met))
+            rows.append((f"{name}: uncached / cached whole run", f"{m['speedup_run']:.1f}x", "-", "-"))
+            rows.append((f"{name}: identical metric and loss history", str(m["identical_metric_and_loss_history"]),
+                         "True", "yes" if m["identical_metric_and_loss_history"] else "no"))
+    if "merge" in results:
+        worst = results["merge"].get("worst_merged_over_plain", float("nan"))
+        rows.append(("merged / plain inference (worst method)", f"{worst:.3f}", GOALS["merged_over_plain"],
+                     "yes" if worst <= 1.02 else "no"))
+        for name, m in results["merge"]["methods"].items():
+            if "error" not in m:
+                rows.append((f"  {name}: merged / plain, unmerged / merged",
+                             f"{m['merged_over_plain']:.3f}, {m['unmerged_over_merged']:.3f}", "-", "-"))
+    if "methods" in results:
+        check = results["methods"]["side_tuning_vs_lora"]
+        ok = all(v["peak_below_lora"] for v in check.values()) if check else False
+        rows.append(("side-tuning peak memory < LoRA", ", ".join(f"{k}: {v['peak_below_lora']}" for k, v in check.items()),
+                     GOALS["side_tuning_memory_below_lora"], "yes" if ok else "no"))
+    if "vitb" in results:
+        v = results["vitb"]
+        mfu = f", MFU {v['mfu']:.1%}" if v["mfu"] is not None else ", MFU n/a (no GPU peak known)"
+        rows.append(("ViT-B/16 full-FT step", f"{v['images_per_second']:.2f} img/s, "
+                     f"{v['achieved_tflops'] * 1000:.0f} GFLOP/s{mfu}", "-", "-"))
+    return rows
+
+
+def print_methods(results: dict) -> None:
+    rows = results["methods"]["methods"]
+    print(f"\n{'method':14s} {'category':18s} {'img/s':>8s} {'vs full':>8s} {'peak MiB':>9s} {'vs full':>8s} "
+          f"{'saved-act MiB':>13s} {'vs full':>8s}")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:14s} error: {r['error'][:90]}")
+            continue
+        print(f"{name:14s} {r['category']:18s} {r['images_per_second']:8.1f} {r.get('speed_vs_full', 1):8.2f} "
+              f"{r['peak_memory_mb']:9.1f} {r.get('memory_vs_full', 1):8.2f} {r['saved_activations_mb']:13.1f} "
+              f"{r.get('saved_activations_vs_full', 1):8.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
+    results: dict = {}
+    timings: dict = {}
+    for section in only:
+        start = time.perf_counter()
+        print(f"[{section}] ...", flush=True)
+        if section == "lora":
+            import lora_vs_peft
+            results[section] = lora_vs_peft.run(args.arch, args.img_size, args.batch, args.rank, args.rounds,
+                                                args.device)
+        elif section == "cache":
+            import cache_speedup
+            results[section] = cache_speedup.run(args.cache_train_images, args.cache_test_images,
+                                                 args.cache_epochs, threads)
+        elif section == "merge":
+            import merged_inference
+            results[section] = merged_inference.run(args.arch, args.img_size, args.batch, args.rounds, args.device)
+        elif section == "methods":
+            import method_costs
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+            results[section] = method_costs.run(args.arch, args.img_size, args.batch, args.method_steps, threads,
+                                                args.device, methods)
+        elif section == "vitb":
+            import vitb_step
+            batch = args.vitb_batch or (128 if args.device.startswith("cuda") else 4)
+            results[section] = vitb_step.run(batch, args.vitb_steps, args.precision, args.compile, args.device)
+        timings[section] = round(time.perf_counter() - start, 1)
+        print(f"[{section}] {timings[section]:.0f} s", flush=True)
+
+    if "methods" in results:
+        print_methods(results)
+    print(f"\n{'measure':52s} {'value':34s} {'goal':22s} met")
+    for measure, value, goal, met in summary(results):
+        print(f"{measure:52s} {value:34s} {goal:22s} {met}")
+
+    from vpeft.io import atomic_write_json
+    from vpeft.provenance import provenance
+
+    record = {"schema": "vpeft.bench/1", "args": vars(args), "section_seconds": timings, "results": results,
+              "summary": [dict(zip(("measure", "value", "goal", "met"), row)) for row in summary(results)],
+              "provenance": provenance(threads)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record)
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

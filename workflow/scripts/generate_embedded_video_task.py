@@ -1,0 +1,17 @@
+"""Snakemake script: generate one task of an embedded video suite (mp4 clips + csv + manifest)."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
+
+from vpeft.logs import log_to_file  # noqa: E402
+from vpeft.video.synthetic import generate_task  # noqa: E402
+
+log_to_file(snakemake.log[0])
+spec = snakemake.params.spec
+info = generate_task(spec["task"], snakemake.output[0], seed=spec["seed"], sizes=spec["sizes"],
+                     frame_size=spec["frame_size"], frames=spec["frames"], fps=spec["fps"])
+logging.getLogger("vpeft.video").info("generated %s", json.dumps(info))
