@@ -16,6 +16,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/report.smk"
 # -- track includes (video.smk, dense.smk) go here --
+include: "workflow/rules/dense.smk"
 include: "workflow/rules/video.smk"
 include: "workflow/rules/targets.smk"
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import REPO, ratio
 
 

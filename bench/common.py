@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-import torch  # noqa: E402
+import torch
 
-from vpeft import backbones  # noqa: E402,F401  (registers the demo architecture with timm)
+from vpeft import backbones  # noqa: F401  (registers the demo architecture with timm)
 
 
 def vit(arch: str, img_size: int, num_classes: int = 10, seed: int = 0, **kwargs) -> torch.nn.Module:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from common import apply, interleaved_medians, ratio, train_step_fn, vit
 
 

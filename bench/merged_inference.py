@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from common import apply, interleaved_medians, ratio, vit
 
 

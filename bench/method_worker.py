@@ -13,7 +13,6 @@ import time
 import traceback
 
 import torch
-
 from common import PeakMemory, apply, saved_activation_mb, sync, train_step_fn, vit
 
 

@@ -9,14 +9,12 @@ writes them (with provenance) to a JSON file. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import torch
-
 from common import REPO
 
 SECTIONS = ("lora", "cache", "merge", "methods", "vitb")
@@ -85,8 +83,8 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
     if "vitb" in results:
         v = results["vitb"]
         mfu = f", MFU {v['mfu']:.1%}" if v["mfu"] is not None else ", MFU n/a (no GPU peak known)"
-        rows.append(("ViT-B/16 full-FT step", f"{v['images_per_second']:.2f} img/s, "
-                     f"{v['achieved_tflops'] * 1000:.0f} GFLOP/s{mfu}", "-", "-"))
+        value = f"{v['images_per_second']:.2f} img/s, {v['achieved_tflops'] * 1000:.0f} GFLOP/s{mfu}"
+        rows.append(("ViT-B/16 full-FT step", value, "-", "-"))
     return rows
 
 

@@ -8,7 +8,6 @@ import contextlib
 import time
 
 import torch
-
 from common import sync, train_step_fn, vit
 
 # Dense (no sparsity) peak TFLOP/s by device-name substring: bf16 tensor cores, fp32 = TF32 tensor cores.

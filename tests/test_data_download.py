@@ -37,7 +37,7 @@ VTAB_SIZES = {"train800": 8, "val200": 4, "test": 6}
 
 # -- a file server on 127.0.0.1 with HTTP Range support, and ways to misbehave ---------------------
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         srv = self.server
         name = self.path.split("?")[0].lstrip("/")
         srv.requests.append((name, self.headers.get("Range")))

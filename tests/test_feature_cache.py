@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from test_engine import BACKBONE, run_values
+
 from vpeft.engine.feature_cache import (
     PRE_LOGITS,
     build_cache,
@@ -16,7 +16,14 @@ from vpeft.engine.feature_cache import (
     plan_cache,
     tensor_digest,
 )
-from vpeft.engine.train import RunConfig, TrainingConfig, _datasets, build_run_model, run_training, seed_everything
+from vpeft.engine.train import (
+    RunConfig,
+    TrainingConfig,
+    _datasets,
+    build_run_model,
+    run_training,
+    seed_everything,
+)
 from vpeft.methods import apply_method, build_method
 
 DEPTH = 4  # the demo ViT

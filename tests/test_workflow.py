@@ -49,13 +49,16 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_slurm_profile_plans_the_full_benchmark():
-    result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "-n"], cwd=ROOT, capture_output=True, text=True,
+@pytest.mark.parametrize("profile", ["profiles/slurm", "slurm"])  # `slurm` links to profiles/slurm
+def test_slurm_profile_plans_the_full_benchmark(profile):
+    result = subprocess.run([*SNAKEMAKE, "--profile", profile, "-n"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     stats = dict(line.split() for line in result.stdout.splitlines() if len(line.split()) == 2
-                 and line.split()[0] in ("train_run", "check_task_data") and line.split()[1].isdigit())
+                 and line.split()[0] in ("train_run", "check_task_data", "prepare_task_folder")
+                 and line.split()[1].isdigit())
     assert stats["check_task_data"] == "19"
+    assert stats["prepare_task_folder"] == "19"  # download -> extract -> check for every VTAB task
     assert int(stats["train_run"]) == 19 * len(list((ROOT / "config/methods").glob("*.yaml")))
 
 

@@ -9,7 +9,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-_PACKAGES = ("vpeft", "torch", "torchvision", "timm", "numpy", "pillow", "snakemake", "pandas", "safetensors")
+_PACKAGES = ("vpeft", "torch", "torchvision", "timm", "numpy", "pillow", "snakemake", "pandas", "safetensors",
+             "decord", "av", "mmcv", "mmengine", "mmdet", "mmsegmentation", "pycocotools")
 
 
 def package_versions(names=_PACKAGES) -> dict[str, str | None]:

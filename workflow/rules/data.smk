@@ -74,6 +74,8 @@ rule check_task_data:
         task=get_check_params,
     log:
         "logs/data/check/{suite}/{task}.log",
+    wildcard_constraints:
+        suite=_regex_alternatives({n for n, s in SUITES.items() if s["kind"] == "image"}),
     resources:
         mem_mb=2000,
     conda:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import demo  # noqa: F401  (registers vit_demo_patch4_32 with timm)
+from ..video import models as _video_models  # noqa: F401  (registers the video architectures with timm)
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,18 @@ which defines `train_dataset(run, spec, tc)` and `eval_dataset(run, spec, tc)`. 
 `RunConfig` (task folder, protocol splits, class count, the suite's `data` settings), `spec` the
 backbone's `BackboneSpec` (input size, normalisation) and `tc` the `TrainingConfig` (augmentation
 on/off). Two functions, not one, so that a stage that may only see the training split (a selection
-or search stage) never even opens the evaluation split. Datasets yield `(input, label)`; an
-evaluation input may carry a leading view axis (clips x crops), which the engine averages over.
+or search stage) never even opens the evaluation split. Datasets yield `(input, label)`.
+
+Multi-view evaluation: an evaluation dataset whose examples are several views (clips x crops of a
+video, flattened to one axis) sets the attribute `views = V` (an int > 1) and yields inputs shaped
+`(V, ...)`, so that batches are `(B, V, ...)`. The engine runs the model on all B*V views and
+predicts, per example, the argmax of the softmax probabilities averaged over its V views
+(`vpeft.engine.train.evaluate`); the evaluation batch size then counts views (`eval_batch_size // V`
+examples per batch). Without the attribute, or with `views = 1`, inputs are single views.
+
+Deterministic training input: a layout whose training input does not change between epochs (no
+augmentation) should return a `torch.utils.data.TensorDataset` of the preprocessed inputs; the
+engine's frozen-prefix feature cache (`vpeft.engine.feature_cache`) only caches such datasets.
 
 Adding a layout is one entry here, pointing at the module that implements it (imported lazily, so
 the image track never imports a video or detection stack).

@@ -90,6 +90,11 @@ class DenseSwin(nn.Module):
         """Weights come from the checkpoint at construction; mmengine's init pass must not reset them."""
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # pad to whole patches at the bottom / right, as mmdet's and mmseg's Swin do
+        patch = self.patch_embed.patch_size
+        pad_h, pad_w = (-images.shape[-2]) % patch[0], (-images.shape[-1]) % patch[1]
+        if pad_h or pad_w:
+            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))
         x = self.patch_embed(images)
         outs = []
         for i, stage in enumerate(self.layers):

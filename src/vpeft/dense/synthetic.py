@@ -9,9 +9,12 @@
 * `scenes` (ADE20K format, semantic segmentation): each image is cut into 2-4 regions (random lines),
   every region filled with the texture of its class (stripes, checkerboard, dots, blobs) in random
   colours; written as ADEChallengeData2016 is: `images/<split>/ADE_<split>_<NNNNNNNN>.jpg` and
-  `annotations/<split>/...png` holding class index + 1 (0 = unlabelled, never used here).
+  `annotations/<split>/...png` holding class index + 1 (0 = unlabelled, never used here), and the
+  class names in `classes.txt` (one per line).
 
-Split names follow the `embedded` dense protocol (`train` -> `test`).
+Split names are VTAB's, as for the image track's embedded suites (the config's `sizes`: `train800`,
+`val200`, `test`), plus their union `train800val200` (copies of both), so the same protocols apply
+(`vtab1k`: train800val200 -> test; `val`: train800 -> val200).
 """
 
 from __future__ import annotations
@@ -89,12 +92,16 @@ def generate_shapes(out_dir: str | Path, *, seed: int, sizes: dict[str, int], im
     _check(sizes, image_size)
     out = Path(out_dir)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
-    summary = {}
+    generated: dict[str, list] = {}
     for split, n in sizes.items():
         rng = _rng(seed, "shapes", split)
+        generated[split] = [_shape_image(rng, image_size) for _ in range(n)]
+    if "train800val200" not in sizes and "train800" in sizes and "val200" in sizes:
+        generated["train800val200"] = generated["train800"] + generated["val200"]
+    summary = {}
+    for split, items in generated.items():
         images, annotations = [], []
-        for i in range(n):
-            img, instances = _shape_image(rng, image_size)
+        for i, (img, instances) in enumerate(items):
             name = f"{i:06d}.png"
             atomic_write_bytes(out / split / name, _png(img))
             images.append({"id": i + 1, "file_name": name, "height": image_size, "width": image_size})
@@ -110,8 +117,8 @@ def generate_shapes(out_dir: str | Path, *, seed: int, sizes: dict[str, int], im
                 "images": images, "annotations": annotations, "categories": categories}
         atomic_write_bytes(out / "annotations" / f"instances_{split}.json",
                            json.dumps(coco, sort_keys=True).encode())
-        summary[split] = {"images": n, "instances": len(annotations)}
-        log.info("shapes/%s: %d images, %d instances", split, n, len(annotations))
+        summary[split] = {"images": len(images), "instances": len(annotations)}
+        log.info("shapes/%s: %d images, %d instances", split, len(images), len(annotations))
     return summary
 
 
@@ -140,12 +147,18 @@ def generate_scenes(out_dir: str | Path, *, seed: int, sizes: dict[str, int], im
     """Write the ADE20K-format semantic task to `out_dir`; return a summary (counts per split)."""
     _check(sizes, image_size)
     out = Path(out_dir)
-    summary = {}
+    # ADE20K's class names come with the toolbox; a generated set names its own
+    atomic_write_bytes(out / "classes.txt", "".join(f"{name}\n" for name in SCENE_CLASSES).encode())
+    generated: dict[str, list] = {}
     for split, n in sizes.items():
         rng = _rng(seed, "scenes", split)
+        generated[split] = [_scene(rng, image_size) for _ in range(n)]
+    if "train800val200" not in sizes and "train800" in sizes and "val200" in sizes:
+        generated["train800val200"] = generated["train800"] + generated["val200"]
+    summary = {}
+    for split, items in generated.items():
         pixels = np.zeros(len(SCENE_CLASSES) + 1, dtype=np.int64)
-        for i in range(n):
-            img, labels = _scene(rng, image_size)
+        for i, (img, labels) in enumerate(items):
             stem = f"ADE_{split}_{i + 1:08d}"
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="JPEG", quality=95)
@@ -154,9 +167,9 @@ def generate_scenes(out_dir: str | Path, *, seed: int, sizes: dict[str, int], im
             Image.fromarray(labels, mode="L").save(buf, format="PNG")
             atomic_write_bytes(out / "annotations" / split / f"{stem}.png", buf.getvalue())
             pixels += np.bincount(labels.ravel(), minlength=len(pixels))
-        summary[split] = {"images": n, "pixels_per_class": {SCENE_CLASSES[c]: int(pixels[c + 1])
-                                                            for c in range(len(SCENE_CLASSES))}}
-        log.info("scenes/%s: %d images", split, n)
+        summary[split] = {"images": len(items), "pixels_per_class": {SCENE_CLASSES[c]: int(pixels[c + 1])
+                                                                     for c in range(len(SCENE_CLASSES))}}
+        log.info("scenes/%s: %d images", split, len(items))
     return summary
 
 

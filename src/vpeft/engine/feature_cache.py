@@ -22,15 +22,17 @@ loss history, same metric); `plan_cache` refuses otherwise and says why:
 * hooks. Side-tuning networks (DTL, LST, LAST) read the frozen stream through forward hooks on whole
   blocks. Those blocks' inputs and outputs are stored too and their hooks are called with them in
   forward order, exactly as `nn.Module.__call__` would; a hook that *changes* a cached block's input
-  or output, a hook on a module inside a block (HST reads `attn.qkv`) or on the embedding, the
-  block sequence or the model itself (NOAH) makes the cache decline;
+  or output, a hook on a module inside a block (HST reads `attn.qkv`, E3VA the branch outputs), on
+  the embedding (HST also reads the image), the block sequence or the model itself (NOAH) makes the
+  cache decline;
 * a self-check compares the cached forward with the model's own forward on the first batch and
   declines on any difference.
 
 Linear probing with nothing hooked stores the pooled pre-logit vector instead of the token stream
 (D floats per image instead of tokens x D): only the head runs per step.
 
-Memory is bounded by `feature_cache_memory_mb`; with `feature_cache_dir` the features are written
+Memory is bounded by `feature_cache_memory_mb` (on a GPU, features within the bound are kept in
+device memory; untested so far: no GPU was available); with `feature_cache_dir` the features are written
 there (raw tensors + JSON sidecar, atomically) under a key of everything they depend on (see
 `cache_keys`) and reused by later runs (other seeds, reruns); features over the memory bound are then
 read through a memory map instead of being loaded. Without a directory, a cache over the bound is
@@ -44,9 +46,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -349,7 +351,7 @@ class FeatureCache:
         return len(self.labels)
 
     def batch(self, index: torch.Tensor) -> dict:
-        return {p: t.index_select(0, index).to(self.device, non_blocking=self.non_blocking)
+        return {p: t.index_select(0, index.to(t.device)).to(self.device, non_blocking=self.non_blocking)
                 for p, t in self.features.items()}
 
     def forward(self, model: nn.Module, index: torch.Tensor) -> torch.Tensor:
@@ -454,6 +456,8 @@ def build_cache(model: nn.Module, plan: CachePlan, dataset: TensorDataset, *, de
                     if not fits:  # drop the in-memory copy, read through the map
                         features = _load_from_disk(Path(folder), keys, n)
             features = {_from_key(p): t for p, t in features.items()}
+            if fits and device.type == "cuda":  # within the bound: keep them where the step runs
+                features = {p: t.to(device) for p, t in features.items()}
             info.storage = "memory" if not folder else ("disk" if fits else "disk-mmap")
             cache = FeatureCache(plan, features, labels, info, device=device, non_blocking=non_blocking)
             problem = _self_check(model, cache, images, device, autocast, batch_size)

@@ -367,6 +367,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
             "shuffle_rng": shuffle_rng.get_state(), "python_rng": list(_flatten_random_state(random.getstate())),
         })
 
+    cache = forward = train_loader = None  # release the stored features before evaluation
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()

@@ -28,14 +28,22 @@ import jinja2
 import pandas as pd
 
 from vpeft.metrics import round_half_up
-from vpeft.report.published import FGVC_TASKS, PUBLISHED_SOURCE, VTAB_TASKS, load_published, published_task
-from vpeft.report.tables import cell_table, suite_table
+from vpeft.report.published import (
+    DENSE_SOURCE,
+    DENSE_TABLES,
+    PUBLISHED_SOURCE,
+    PUBLISHED_TASKS,
+    load_published,
+    load_published_dense,
+    published_task,
+)
+from vpeft.report.tables import cell_table, dense_table, suite_table
 
 __all__ = ["build_context", "format_seconds", "human_params", "render_html", "render_report"]
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _TEMPLATE_NAME = "index.html.j2"
-_PUBLISHED_TASKS = {"vtab": VTAB_TASKS, "fgvc": FGVC_TASKS}
+_PUBLISHED_TASKS = PUBLISHED_TASKS
 _METRIC_LABELS = {"top1": "top-1 accuracy (%)"}
 _MINUS = "\u2212"
 
@@ -461,6 +469,132 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dic
     }
 
 
+# --------------------------------------------------------------------------------------------
+# dense suites: several metrics per task (box AP, mask AP, mIoU), PPT per metric, training memory
+# --------------------------------------------------------------------------------------------
+
+#: Dense metrics in table order, with their column labels.
+DENSE_METRICS = {"box_ap": "AP box", "mask_ap": "AP mask", "box_ap50": "AP box@0.5", "miou": "mIoU"}
+_DENSE_EVALUATORS = {"box_ap": "COCO AP@[.5:.95], pycocotools COCOeval", "mask_ap": "COCO AP@[.5:.95]",
+                     "box_ap50": "VOC mAP@0.5", "miou": "mean IoU"}
+
+
+def _dense_columns(runs: pd.DataFrame, name: str, tasks: list[str], published: str | None) -> list[tuple[str, str]]:
+    """(task, metric) columns: the metrics the suite's ok runs report, else the published table's."""
+    ok = runs[(runs["suite"] == name) & (runs["status"] == "ok")] if len(runs) else runs
+    columns = []
+    for task in tasks:
+        found: set[str] = set()
+        for row in ok[ok["task"] == task].itertuples() if len(ok) else []:
+            if isinstance(row.metrics, str):
+                found |= set(json.loads(row.metrics))
+            if isinstance(row.metric_name, str):
+                found.add(row.metric_name)
+        if not found and published in DENSE_TABLES:
+            found = set(DENSE_TABLES[published][1])
+        if "box_ap" in found:  # COCO: AP@[.5:.95] for boxes and masks, as the dense papers' tables
+            found.discard("box_ap50")
+        shown = [m for m in DENSE_METRICS if m in found] or sorted(found)[:1]
+        columns += [(task, m) for m in shown]
+    return columns
+
+
+def _dense_published_rows(key: str, methods: list[str], columns: list[tuple[str, str]],
+                          table: pd.DataFrame) -> tuple[dict[str, dict], list[str]]:
+    pub = load_published_dense(key)
+    if pub is None:
+        return {}, [f"Unknown published dense table {key!r}; no published numbers shown."]
+    notes = [f"Rows marked \u201cpublished\u201d are the {DENSE_SOURCE}, transcribed from the README; they are "
+             "reference points, not runs of this code. \u0394 = ours \u2212 published, in points. Published memory is "
+             "the papers' training GPU memory; ours is this run's peak."]
+    missing = [m for m in methods if m not in pub.index]
+    if missing:
+        notes.append("No published row for: " + ", ".join(missing) + ".")
+    rows = {}
+    for method in methods:
+        if method not in pub.index:
+            continue
+        prow = pub.loc[method]
+        ours = table.loc[method]
+        cells, ppts = [], []
+        for task, metric in columns:
+            if metric not in pub.columns:
+                cells.append(_cell("\u2013", cls="na", title="not in the published table"))
+                ppts.append(_cell("\u2013", cls="na"))
+                continue
+            value = float(prow[metric])
+            mine = ours[f"{task}:{metric}"]
+            sub = "\u0394 " + _fmt_delta(float(mine) - value) if _isnum(mine) else None
+            cells.append(_cell(f"{value:.2f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.1f}",
+                               title=f"published {DENSE_METRICS.get(metric, metric)}", sub=sub))
+            ppts.append(_cell(str(prow[f"{metric}_ppt_printed"])))
+        note = prow["note"] if isinstance(prow["note"], str) and prow["note"] else None
+        memory = prow["memory_mb"]
+        rows[method] = {
+            "label": f"published: {prow['display_name']}", "cells": cells, "ppts": ppts,
+            "params": _cell(str(prow["params_printed"]), title=f"{int(prow['params']):,} parameters as printed"
+                            + (f"; {note}" if note else "")),
+            "memory": _cell(f"{memory:,.0f} MB" if _isnum(memory) else "\u2013", title="training GPU memory, published"),
+        }
+    return rows, notes
+
+
+def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A dense suite: the image context's shared parts (failures, cost, checks) plus the dense table."""
+    base = _suite_context(runs, name, {**cfg, "published": None})
+    families = cfg.get("families") or {}
+    methods = _by_family(list(cfg.get("methods") or []), families)
+    tasks = list(cfg.get("tasks") or [])
+    columns = _dense_columns(runs, name, tasks, cfg.get("published"))
+    table = dense_table(runs, name, methods, columns)
+    cells = cell_table(runs, name, methods, tasks)
+    keys = [f"{t}:{m}" for t, m in columns]
+    best = {k: _best(table[k]) for k in keys}
+    best_ppt = {k: _best(table[f"ppt:{k}"]) for k in keys}
+    ok = runs[(runs["suite"] == name) & (runs["status"] == "ok")] if len(runs) else runs
+    rows = []
+    for row_base, method in zip(base["rows"], methods):
+        row = table.loc[method]
+        mine = cells[cells["method"] == method]
+        problems = [p for ps in mine["problems"] for p in ps]
+        out_cells = []
+        for key, (task, _) in zip(keys, columns):
+            info = mine[mine["task"] == task].iloc[0]
+            if info["n_ok"] == 0:
+                status = "failed" if info["n_failed"] else "missing"
+                out_cells.append(_cell(status, cls=status, title=_problem_text(info["problems"])))
+                continue
+            sub = f"\u00b1 {_fmt(row[f'{key}_std'])}" if info["n_ok"] > 1 else None
+            title = f"mean over {info['n_ok']} seed(s): {', '.join(str(s) for s in info['seeds_ok'])}"
+            out_cells.append(_cell(_fmt(row[key]), cls="partial" if info["problems"] else "", title=title, sub=sub,
+                                   best=_is_best(row[key], best[key])))
+        params_title = None
+        if _isnum(row["params"]):
+            params_title = f"{row['params']:,.0f} trainable backbone parameters (neck and heads excluded)"
+            if row["params_note"]:
+                params_title += f"; {row['params_note']}"
+        memory = row["peak_memory_mb"]
+        n_runs = int((ok["method"] == method).sum()) if len(ok) else 0
+        rows.append({**row_base, "cells": out_cells,
+                     "params": _cell(human_params(row["params"]), title=params_title,
+                                     cls="note" if row["params_note"] else ""),
+                     "ppts": [_cell(_fmt(row[f"ppt:{k}"]), best=_is_best(row[f"ppt:{k}"], best_ppt[k])) for k in keys],
+                     "memory": _cell(f"{memory:,.0f} MB" if _isnum(memory) else "\u2013",
+                                     title=f"highest training peak over {n_runs} run(s)" if n_runs else None),
+                     "status": row["status"], "problems": problems})
+    published_rows, published_notes = ({}, [])
+    if cfg.get("published"):
+        published_rows, published_notes = _dense_published_rows(str(cfg["published"]), methods, columns, table)
+    for row in rows:
+        row["published"] = published_rows.get(row["method"])
+    labels = [DENSE_METRICS.get(m, m) if len(tasks) == 1 else f"{t} \u00b7 {DENSE_METRICS.get(m, m)}"
+              for t, m in columns]
+    metric_text = ", ".join(dict.fromkeys(f"{DENSE_METRICS.get(m, m)} ({_DENSE_EVALUATORS.get(m, m)}, %)"
+                                          for _, m in columns))
+    return {**base, "kind": "dense", "metric": metric_text or base["metric"], "columns": labels, "rows": rows,
+            "has_published": bool(published_rows), "published_notes": published_notes}
+
+
 def build_context(
     runs: pd.DataFrame,
     suites: dict[str, dict],
@@ -481,7 +615,8 @@ def build_context(
         "title": title,
         "generated": generated.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "provenance": _provenance(runs),
-        "suites": [_suite_context(runs, name, cfg) for name, cfg in suites.items()],
+        "suites": [_dense_suite_context(runs, name, cfg) if cfg.get("kind") == "dense" else
+                   _suite_context(runs, name, cfg) for name, cfg in suites.items()],
     }
 
 

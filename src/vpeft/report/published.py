@@ -33,6 +33,9 @@ __all__ = [
     "VTAB_TASKS",
     "load_published",
     "published_task",
+    "DENSE_TABLES",
+    "DENSE_SOURCE",
+    "load_published_dense",
 ]
 
 #: The 19 VTAB-1k tasks in README column order, named like NOAH's ``get_vtab1k.py`` folders.
@@ -123,4 +126,36 @@ def load_published(suite: str) -> pd.DataFrame | None:
     table["params"] = table["params"].astype("int64")
     printed_ppt = table["ppt_printed"].replace("-", float("nan"))
     table["ppt"] = pd.to_numeric(printed_ppt, errors="raise").astype(float)
+    return table.set_index("method")
+
+
+#: Dense prediction tables (catalog 7.5-7.6): key -> (csv, {metric column: its printed-PPT column}).
+#: Metrics in %, as printed (COCO AP@[.5:.95]; VOC mAP@0.5, printed as "AP box"; ADE20K mIoU).
+DENSE_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "coco": ("coco.csv", {"box_ap": "box_ppt_printed", "mask_ap": "mask_ppt_printed"}),
+    "voc": ("voc.csv", {"box_ap50": "ppt_printed"}),
+    "ade20k": ("ade20k.csv", {"miou": "ppt_printed"}),
+}
+
+DENSE_SOURCE = "V-PETL Bench README (dense prediction; the Mona, LoRand and E3VA papers' numbers)"
+
+
+def load_published_dense(key: str) -> pd.DataFrame | None:
+    """A published dense table (``"coco"``, ``"voc"``, ``"ade20k"``) indexed by method name, or None.
+
+    Columns: ``display_name``, ``params_printed``, ``params`` (int), ``memory_mb`` (training memory as
+    printed, NaN where none), one float column per metric (in %), ``<metric>_ppt_printed`` (str) and
+    ``<metric>_ppt`` (float, NaN where the README prints "-"), ``note``.
+    """
+    if key not in DENSE_TABLES:
+        return None
+    filename, metrics = DENSE_TABLES[key]
+    with resources.files(__package__).joinpath("published", filename).open("r", encoding="utf-8") as handle:
+        table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    for metric, ppt_column in metrics.items():
+        table[metric] = table[metric].astype(float)
+        table[f"{metric}_ppt_printed"] = table[ppt_column]
+        table[f"{metric}_ppt"] = pd.to_numeric(table[ppt_column].replace("-", float("nan")), errors="raise").astype(float)
+    table["params"] = table["params"].astype("int64")
+    table["memory_mb"] = pd.to_numeric(table["memory_mb"].replace("", float("nan")), errors="raise").astype(float)
     return table.set_index("method")

@@ -32,6 +32,7 @@ __all__ = [
     "RUN_COLUMNS",
     "RUN_SCHEMA",
     "cell_table",
+    "dense_table",
     "format_status",
     "load_runs",
     "suite_table",
@@ -41,7 +42,7 @@ __all__ = [
 
 #: Columns of the frame returned by :func:`load_runs`, in order.
 RUN_COLUMNS: tuple[str, ...] = (
-    "suite", "task", "method", "seed", "status", "metric", "metric_name",
+    "suite", "task", "method", "seed", "status", "metric", "metric_name", "metrics",
     "params", "params_with_head", "images_per_second", "peak_memory_mb", "wall_seconds",
     "train_seconds", "eval_seconds", "epochs", "protocol", "backbone", "backbone_arch", "error", "path",
     "vpeft_version", "git_commit", "git_dirty", "python", "packages", "hardware", "threads", "created",
@@ -138,6 +139,12 @@ def _read_run(path: Path) -> dict[str, Any]:
             row.update(status="ok", metric=value)
 
     row["metric_name"] = _get(data, "metric", "name")
+    # Tracks with several metrics per run (dense: box AP, mask AP, mIoU) list them all, as fractions;
+    # kept as canonical JSON text like the other nested fields.
+    named = data.get("metrics")
+    if isinstance(named, Mapping):
+        valid = {str(k): _number(v) for k, v in named.items() if 0.0 <= _number(v) <= 1.0}
+        row["metrics"] = json.dumps(valid, sort_keys=True)
     row["params"] = _number(_get(data, "params", "trainable"))
     row["params_with_head"] = _number(_get(data, "params", "trainable_with_head"))
     row["images_per_second"] = _number(_get(data, "train", "images_per_second"))
@@ -170,7 +177,8 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per run file, in the order given.
 
     Columns (see :data:`RUN_COLUMNS`): ``suite, task, method, seed, status`` (``ok`` / ``failed`` /
-    ``missing``), ``metric`` (fraction, NaN unless ok), ``metric_name``, ``params`` (trainable,
+    ``missing``), ``metric`` (fraction, NaN unless ok), ``metric_name``, ``metrics`` (JSON text of all the run's
+    metrics as fractions, for tracks with several, else None), ``params`` (trainable,
     head excluded), ``params_with_head``, ``images_per_second``, ``peak_memory_mb``,
     ``wall_seconds`` (train + eval), ``train_seconds``, ``eval_seconds``, ``epochs``, ``protocol``
     (protocol name), ``backbone`` (config name), ``backbone_arch``, ``error``, ``path`` and the
@@ -355,6 +363,61 @@ def suite_table(
         columns += [*(f"mean_{g}" for g in group_names), "mean_of_groups"]
     columns += ["params", "params_note", "ppt", "n_seeds", "status"]
     table = pd.DataFrame(rows, columns=columns, index=pd.Index(methods, name="method"))
+    table["n_seeds"] = table["n_seeds"].astype("int64")
+    return table
+
+
+def _run_metric(row, metric: str) -> float:
+    """One named metric of an ok run, in % (its `metrics` first; the primary `metric` by name)."""
+    if isinstance(row.metrics, str):
+        value = json.loads(row.metrics).get(metric)
+        if value is not None:
+            return 100.0 * float(value)
+    if row.metric_name == metric and not math.isnan(row.metric):
+        return 100.0 * row.metric
+    return math.nan
+
+
+def dense_table(runs: pd.DataFrame, suite: str, methods: list[str], columns: list[tuple[str, str]]) -> pd.DataFrame:
+    """Methods x (task, metric) table of a multi-metric suite (dense: box AP, mask AP, mIoU), in %.
+
+    Columns, in order, for each ``(task, metric)`` of ``columns`` (key ``"<task>:<metric>"``): the mean
+    over ok seeds and ``..._std`` (sample std, NaN below 2 seeds); then ``params`` (trainable, heads
+    excluded; the mean over tasks with a note when runs disagree, as :func:`suite_table`), ``params_note``,
+    ``ppt:<task>:<metric>`` per column, ``peak_memory_mb`` (highest training peak over the ok runs),
+    ``n_seeds`` and ``status`` (missing and failed runs counted per (task, seed), as in :func:`suite_table`).
+    """
+    tasks = list(dict.fromkeys(task for task, _ in columns))
+    cells = cell_table(runs, suite, methods, tasks)
+    selected = runs[(runs["suite"] == suite) & (runs["status"] == "ok")] if len(runs) else runs
+    rows = []
+    for method in methods:
+        mine = selected[selected["method"] == method] if len(selected) else selected
+        row: dict[str, Any] = {}
+        for task, metric in columns:
+            values = [v for r in mine[mine["task"] == task].itertuples() if not math.isnan(v := _run_metric(r, metric))]
+            row[f"{task}:{metric}"] = sum(values) / len(values) if values else math.nan
+            row[f"{task}:{metric}_std"] = _sample_std(values)
+        own = cells[cells["method"] == method]
+        distinct = sorted({p for values in own["params_values"] for p in values})
+        task_params = [p for p in own["params"].tolist() if not math.isnan(p)]
+        row["params"] = distinct[0] if len(distinct) == 1 else (sum(task_params) / len(task_params)
+                                                                if task_params else math.nan)
+        row["params_note"] = "" if len(distinct) <= 1 else (
+            f"trainable params differ between runs ({_fmt_count(distinct[0])} to {_fmt_count(distinct[-1])}); "
+            f"mean over {len(task_params)} tasks shown")
+        for task, metric in columns:
+            value = row[f"{task}:{metric}"]
+            row[f"ppt:{task}:{metric}"] = ppt(value / 100.0, row["params"])
+        memory = [m for m in mine["peak_memory_mb"].tolist() if not math.isnan(m)]
+        row["peak_memory_mb"] = max(memory) if memory else math.nan
+        row["n_seeds"] = len({s for seeds in own["seeds_ok"] for s in seeds})
+        row["status"] = format_status(int(own["n_missing"].sum()), int(own["n_failed"].sum()))
+        rows.append(row)
+    keys = [f"{t}:{m}" for t, m in columns]
+    order = [*keys, *(f"{k}_std" for k in keys), "params", "params_note", *(f"ppt:{k}" for k in keys),
+             "peak_memory_mb", "n_seeds", "status"]
+    table = pd.DataFrame(rows, columns=order, index=pd.Index(methods, name="method"))
     table["n_seeds"] = table["n_seeds"].astype("int64")
     return table
 

@@ -30,7 +30,7 @@ def open_video(path: str | Path, *, width: int = -1, height: int = -1):
     decord = _decord()
     try:
         reader = decord.VideoReader(str(path), num_threads=1, width=width, height=height)
-    except Exception as err:  # decord raises its own DECORDError / RuntimeError subclasses
+    except Exception as err:  # noqa: BLE001 - decord raises its own DECORDError / RuntimeError kinds
         raise VideoReadError(f"cannot open video {path}: {type(err).__name__}: {_first_line(err)}") from None
     if len(reader) <= 0:
         raise VideoReadError(f"video {path} has no frames")
@@ -51,7 +51,7 @@ def read_frames(path: str | Path, indices, *, reader=None) -> np.ndarray:
         raise VideoReadError(f"{path}: frame index {bad[0]} outside [0, {n})")
     try:
         frames = reader.get_batch(indices).asnumpy()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any decoding failure is this file's fault: name it
         raise VideoReadError(f"cannot decode frames {indices[:4]}... of {path}: {type(err).__name__}: "
                              f"{_first_line(err)}") from None
     if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:

@@ -41,7 +41,7 @@ def segment_indices(num_video_frames: int, num_frames: int, *, train: bool, clip
         if train:
             out[i] = _uniform_int(start, end)
         else:
-            out[i] = start + int((end - start + 1) * (clip + 0.5) / num_clips)
+            out[i] = start + int((end - start + 1) * (clip + 0.5) // num_clips)
     return np.clip(out, 0, n - 1)
 
 

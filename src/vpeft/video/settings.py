@@ -38,7 +38,7 @@ class VideoDataSettings:
     check_decode: bool | None = None
 
     @classmethod
-    def from_dict(cls, values: dict | None, where: str = "data") -> "VideoDataSettings":
+    def from_dict(cls, values: dict | None, where: str = "data") -> VideoDataSettings:
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

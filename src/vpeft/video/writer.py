@@ -58,7 +58,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, *, lossless:
 
 def even(value: float) -> int:
     """Nearest even integer >= 2 (yuv420p needs even sizes)."""
-    return max(2, int(round(value / 2.0)) * 2)
+    return max(2, round(value / 2.0) * 2)
 
 
 def scaled_size(width: int, height: int, *, short_side: int | None = None, height_to: int | None = None):
@@ -106,7 +106,7 @@ def transcode(src: str | Path, dst: str | Path, *, short_side: int | None = None
         os.replace(tmp, dst)
     except VideoReadError:
         raise
-    except Exception as err:  # PyAV's InvalidDataError and friends: name the file
+    except Exception as err:  # noqa: BLE001 - PyAV's InvalidDataError and friends: name the file
         raise VideoReadError(f"cannot transcode {src}: {type(err).__name__}: {err}") from None
     finally:
         tmp.unlink(missing_ok=True)

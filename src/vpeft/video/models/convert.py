@@ -98,8 +98,10 @@ def _from_huggingface(sd: dict) -> dict:
             raise KeyError(f"unexpected Hugging Face VideoMAE key {key}")
     for block, parts in qkv.items():
         out[f"blocks.{block}.attn.qkv.weight"] = torch.cat([parts[(n, "weight")] for n in ("query", "key", "value")])
-        if ("query", "bias") in parts:  # HF may carry plain Linear biases instead of q_bias/v_bias
-            out[f"blocks.{block}.attn.qkv.bias"] = torch.cat([parts[(n, "bias")] for n in ("query", "key", "value")])
+        if ("query", "bias") in parts:  # transformers >= 5: biases on the query / value Linears, none on key
+            q = parts[("query", "bias")]
+            k = parts.get(("key", "bias"), torch.zeros_like(q))
+            out[f"blocks.{block}.attn.qkv.bias"] = torch.cat([q, k, parts[("value", "bias")]])
     return out
 
 
@@ -120,6 +122,11 @@ def to_video_vit(state_dict: dict, model) -> dict:
     if model.pos_embed_kind == "sincos":
         sd.pop("pos_embed", None)  # fixed table, rebuilt from the model's size
     sd.pop("mask_token", None)
+    if isinstance(model.fc_norm, torch.nn.LayerNorm) and "fc_norm.weight" not in sd and "blocks.0.norm1.weight" in sd:
+        # a pre-training checkpoint has no pooled-feature norm: like VideoMAE's fine-tuning, it starts as
+        # a LayerNorm with unit scale and zero shift (frozen with the backbone)
+        sd["fc_norm.weight"] = torch.ones_like(model.fc_norm.weight)
+        sd["fc_norm.bias"] = torch.zeros_like(model.fc_norm.bias)
     if isinstance(model.head, torch.nn.Identity):
         sd = _drop_head(sd)
     return sd

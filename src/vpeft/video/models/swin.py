@@ -128,7 +128,7 @@ class SwinBlock3d(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        b, d, h, w, c = x.shape
+        b, d, h, w, _ = x.shape
         window, shift = effective_window((d, h, w), self.window_size, self.shift_size)
         x = self.norm1(x)
         pad = [(window[i] - s % window[i]) % window[i] for i, s in enumerate((d, h, w))]

@@ -88,7 +88,7 @@ def _extract_rar(archive: Path, target: Path) -> None:
             cmd = [exe, *args, str(archive), "-C", str(target)]
         else:
             cmd = [exe, *args, str(archive), str(target) + os.sep]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise DataError(f"cannot extract {archive} with {tool}: {result.stderr.strip()[:300]}")
         return

@@ -1,0 +1,13 @@
+"""Snakemake script: train and evaluate one dense run with mmdet / mmseg (see vpeft.dense.train)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
+
+from vpeft.dense.train import run_dense_training  # noqa: E402
+from vpeft.logs import log_to_file  # noqa: E402
+
+log_to_file(snakemake.log[0])
+run_dense_training(snakemake.params.run, snakemake.output.metrics, index_path=snakemake.input.index,
+                   threads=snakemake.threads)
