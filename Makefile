@@ -4,22 +4,34 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+DENSE_STAMP := $(VENV)/.dense-installed
 CORES ?= all
+# A folder with a prebuilt mmcv wheel (see tools/install_dense.sh); pip's PIP_FIND_LINKS works too.
+MMCV_WHEELS ?= $(wildcard ../shared/wheels)
 
-.PHONY: benchmark test lint clean-results
+.PHONY: benchmark test lint clean-results dense
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The dense-prediction stack (mmcv 2.1.0 with compiled ops, mmdet, mmseg): a prebuilt mmcv wheel when pip
+# finds one, else a source build (~14 min on 2 cores).
+$(DENSE_STAMP): $(STAMP) tools/install_dense.sh
+	tools/install_dense.sh --python $(VENV)/bin/python $(if $(MMCV_WHEELS),--wheels $(MMCV_WHEELS))
+	touch $(DENSE_STAMP)
+
+## Install the dense-prediction stack into .venv (also done by benchmark and test)
+dense: $(DENSE_STAMP)
+
 ## Install (once), then run the embedded default benchmark -> reports/index.html
-benchmark: $(STAMP)
+benchmark: $(STAMP) $(DENSE_STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
 	@echo "report: $(CURDIR)/reports/index.html"
 
 ## Install (once), then run the test suite (unit tests, Snakemake lint, end-to-end smoke run)
-test: $(STAMP)
+test: $(STAMP) $(DENSE_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

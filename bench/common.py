@@ -80,22 +80,31 @@ def sync(device: torch.device | str = "cpu") -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved (A B A B ...) so that machine load
-    that changes during the measurement hits all of them alike."""
+def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, dict[str, float]]:
+    """Median seconds per call of each function, wall-clock and CPU (this process, all threads), calls
+    interleaved (A B A B ...) so that machine load that changes during the measurement hits all of
+    them alike. On a shared CPU the CPU time is the load-independent measure of work (see `cost`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return {k: {"wall": statistics.median(wall[k]), "cpu": statistics.median(cpu[k])} for k in fns}
+
+
+def cost(times: dict[str, float], device="cpu") -> float:
+    """The seconds a ratio compares: CPU time on a CPU (robust to other jobs on a shared machine),
+    wall time on a GPU (its work is not CPU time)."""
+    return times["cpu"] if torch.device(device).type == "cpu" else times["wall"]
 
 
 def _status_kib(field: str) -> int:

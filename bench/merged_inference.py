@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from common import apply, interleaved_medians, ratio, vit
+from common import apply, cost, interleaved_medians, ratio, vit
 
 
 def _mergeable_layered_methods() -> list[str]:
@@ -53,8 +53,9 @@ def run(arch: str, img_size: int, batch: int, rounds: int, device: str) -> dict:
             times = interleaved_medians({"plain": infer(plain), "merged": infer(merged), "unmerged": infer(unmerged)},
                                         warmup=1, rounds=rounds, device=device)
         results["methods"][name] = {
-            "seconds_per_batch": times, "merged_over_plain": ratio(times["merged"], times["plain"]),
-            "unmerged_over_merged": ratio(times["unmerged"], times["merged"]),
+            "seconds_per_batch": times,
+            "merged_over_plain": ratio(cost(times["merged"], device), cost(times["plain"], device)),
+            "unmerged_over_merged": ratio(cost(times["unmerged"], device), cost(times["merged"], device)),
             "max_abs_diff_merged_vs_unmerged": diff, "merged_is_plain_architecture": bool(plain_arch),
         }
     ok = [m for m in results["methods"].values() if "error" not in m]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import traceback
 
 import torch
-from common import PeakMemory, apply, saved_activation_mb, sync, train_step_fn, vit
+from common import PeakMemory, apply, cost, saved_activation_mb, sync, train_step_fn, vit
 
 
 def measure(method: str, arch: str, img_size: int, batch: int, steps: int, device: str) -> dict:
@@ -30,17 +31,18 @@ def measure(method: str, arch: str, img_size: int, batch: int, steps: int, devic
     with PeakMemory(device) as peak:  # first step included: it allocates the optimizer state
         step()
         sync(device)
-        times = []
+        wall, cpu = [], []
         for _ in range(steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             sync(device)
-            times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+    seconds = {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
     return {"method": method, "category": get_method_class(method).category,
-            "trainable_params": counts["trainable"], "images_per_second": batch / median,
-            "seconds_per_step": median, "peak_memory_mb": peak.mb, "peak_memory_kind": peak.kind,
+            "trainable_params": counts["trainable"], "images_per_second": batch / cost(seconds, device),
+            "images_per_second_measure": "cpu" if torch.device(device).type == "cpu" else "wall",
+            "seconds_per_step": seconds, "peak_memory_mb": peak.mb, "peak_memory_kind": peak.kind,
             "saved_activations_mb": saved_activation_mb(step)}
 
 

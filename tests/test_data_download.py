@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from vpeft.archives import ArchiveError
 from vpeft.data.check import check_vtab_task
@@ -296,6 +297,10 @@ def test_training_reads_the_checked_manifest_and_notices_changed_images(tmp_path
     tc = SimpleNamespace(train_aug=True)  # the vtab1k protocol switches augmentation off anyway
     train = vtab.train_dataset(_run(tmp_path / "index" / "cifar.json"), _spec(), tc)
     assert len(train) == 12 and train[5][1] == 2 and train[0][0].shape == (3, 32, 32)
+    assert isinstance(train, TensorDataset)  # decoded once: no random augmentation under vtab1k
+    vpetl = dict(_run(tmp_path / "index" / "cifar.json").protocol, name="vpetl", augmentation="vpetl")
+    augmented = vtab.train_dataset(_run(tmp_path / "index" / "cifar.json", vpetl), _spec(), tc)
+    assert not isinstance(augmented, TensorDataset) and len(augmented) == 12  # flip + RandAugment per epoch
     evaluation = vtab.eval_dataset(_run(tmp_path / "index" / "cifar.json"), _spec(), tc)
     (task_dir / test_rows[3].path).write_bytes(_jpeg(2, np.random.default_rng(9)))  # changed after the check
     with pytest.raises(DataError, match=r"images/test/000003\.jpg changed since the data check"):

@@ -172,6 +172,10 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
     backbone = dict(config["backbones"][backbone_name], name=backbone_name)
     protocol_name = suite["protocol"]
     check_known("protocol", protocol_name, config["protocols"])
+    protocol = dict(config["protocols"][protocol_name], name=protocol_name)
+    protocol.update((protocol.pop("layouts", None) or {}).get(suite["layout"], {}))  # e.g. FGVC's split names
+    if protocol.get("augmentation") == "none":  # the protocol, not a task's V-PETL flag, decides
+        training = dict(training, train_aug=False)
     return {
         "suite": suite_name,
         "task": task,
@@ -180,7 +184,7 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
         "task_dir": str(Path(data_root(config, suites, suite_name)) / task),
         "num_classes": int(task_entry["num_classes"]),
         "backbone": backbone,
-        "protocol": dict(config["protocols"][protocol_name], name=protocol_name),
+        "protocol": protocol,
         "method_hparams": hparams,
         "training": training,
         "pretrained": bool(backbone.get("checkpoint")),

@@ -105,10 +105,13 @@ def get_download_params(wildcards):
 # -- runs ----------------------------------------------------------------------------------------
 def get_run_config(wildcards):
     try:
-        return resolve_run(config, SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method,
-                           wildcards.task, int(wildcards.seed))
+        run = resolve_run(config, SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method,
+                          wildcards.task, int(wildcards.seed))
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
+    # training reads the checked, checksummed manifest that the index points to
+    run["data"] = {**run["data"], "index": get_task_index(wildcards)}
+    return run
 
 
 def get_search_run_config(wildcards):

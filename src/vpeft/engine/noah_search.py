@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.transforms import build_transform
-from ..data.vtab import VtabSplit, materialize
+from ..data.layouts import get_layout
+from ..data.vtab import materialize_small
 from ..io import atomic_write_bytes, atomic_write_json
 from ..methods import apply_method, build_method
 from ..methods.base import MethodError
@@ -337,9 +337,8 @@ def search_subnet(run_values: dict, supernet_path: str | Path, out_json: str | P
     model.load_state_dict(state, strict=False)
     model.to(dev).eval()
 
-    transform = build_transform(spec.input_size, spec.mean, spec.std, spec.interpolation, train_aug=False)
     eval_split = run.protocol["eval_split"]
-    eval_set = materialize(VtabSplit(run.task_dir, eval_split, transform, run.num_classes))
+    eval_set = materialize_small(get_layout(run.layout).eval_dataset(run, spec, tc))
     loader = DataLoader(eval_set, batch_size=tc.eval_batch_size, shuffle=False)
 
     def score(subnet):
