@@ -81,17 +81,22 @@ def sync(device: torch.device | str = "cpu") -> None:
 
 
 def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, dict[str, float]]:
-    """Median seconds per call of each function, wall-clock and CPU (this process, all threads), calls
-    interleaved (A B A B ...) so that machine load that changes during the measurement hits all of
-    them alike. On a shared CPU the CPU time is the load-independent measure of work (see `cost`)."""
+    """Median seconds per call of each function, wall-clock and CPU (this process, all threads).
+
+    Calls are interleaved (A B C, B C A, C A B, ...) so that load that changes during the measurement
+    hits all of them alike. On a shared CPU the CPU time is the load-independent measure of work
+    (see `cost`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        # rotate who goes first: the first call of a round runs on a colder cache / allocator
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             fn()

@@ -61,6 +61,8 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
         r = results["lora"]["ratio_ours_over_peft"]
         rows.append(("LoRA train step, ours / peft", f"{r:.3f}", GOALS["lora_over_peft"],
                      "yes" if r <= 0.9 else ("partly (<= 1.0)" if r <= 1.0 else "no")))
+        rows.append(("  no-adapter floor / peft (best possible)", f"{results['lora']['ratio_floor_over_peft']:.3f}",
+                     "-", "-"))
     if "cache" in results:
         for name, m in results["cache"]["methods"].items():
             goal = GOALS["linear_cache_speedup"] if name == "linear" else "-"
