@@ -53,7 +53,7 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     failed = snakemake(tmp_path, "--cores", "2", "--keep-going", check=False)
     assert failed.returncode != 0
     check_log = (tmp_path / "logs/data/check/dense/coco-mini/shapes.log").read_text()
-    assert f"{ann}: not valid JSON" in check_log
+    assert "resources/data/coco-mini/shapes/annotations/instances_test.json: not valid JSON" in check_log
     for method in ("linear", "lora"):  # the other suite is not lost
         run = json.loads((tmp_path / f"results/ade-mini/{method}/scenes/seed-42/metrics.json").read_text())
         assert run["status"] == "ok"

@@ -80,7 +80,7 @@ def _record_hook():
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             loss = outputs.get("loss") if isinstance(outputs, dict) else None
-            value = float(loss) if loss is not None else math.nan
+            value = float(loss.detach() if hasattr(loss, "detach") else loss) if loss is not None else math.nan
             if not math.isfinite(value):
                 raise DenseTrainingError(f"loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1})")
             self._window.append(value)
