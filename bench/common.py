@@ -80,8 +80,9 @@ def sync(device: torch.device | str = "cpu") -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, dict[str, float]]:
-    """Median seconds per call of each function, wall-clock and CPU (this process, all threads).
+def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") -> dict[str, dict]:
+    """Seconds per call of each function, wall-clock and CPU (this process, all threads): medians,
+    and the per-round values (`rounds`) for paired ratios.
 
     Calls are interleaved (A B C, B C A, C A B, ...) so that load that changes during the measurement
     hits all of them alike. On a shared CPU the CPU time is the load-independent measure of work
@@ -103,13 +104,22 @@ def interleaved_medians(fns: dict, *, warmup: int, rounds: int, device="cpu") ->
             sync(device)
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - cpu_start)
-    return {k: {"wall": statistics.median(wall[k]), "cpu": statistics.median(cpu[k])} for k in fns}
+    return {k: {"wall": statistics.median(wall[k]), "cpu": statistics.median(cpu[k]),
+                "rounds": {"wall": wall[k], "cpu": cpu[k]}} for k in fns}
 
 
-def cost(times: dict[str, float], device="cpu") -> float:
+def cost(times: dict, device="cpu") -> float:
     """The seconds a ratio compares: CPU time on a CPU (robust to other jobs on a shared machine),
     wall time on a GPU (its work is not CPU time)."""
     return times["cpu"] if torch.device(device).type == "cpu" else times["wall"]
+
+
+def paired_ratio(times: dict, a: str, b: str, device="cpu") -> dict[str, float]:
+    """a / b from the same rounds, paired: median and quartiles of the per-round ratios."""
+    kind = "cpu" if torch.device(device).type == "cpu" else "wall"
+    ratios = sorted(x / y for x, y in zip(times[a]["rounds"][kind], times[b]["rounds"][kind]))
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median": median, "q1": q1, "q3": q3}
 
 
 def _status_kib(field: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from common import apply, cost, interleaved_medians, ratio, train_step_fn, vit
+from common import apply, interleaved_medians, paired_ratio, train_step_fn, vit
 
 
 def peft_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
@@ -59,6 +59,6 @@ def run(arch: str, img_size: int, batch: int, rank: int, rounds: int, device: st
     return {
         "arch": arch, "img_size": img_size, "batch": batch, "rank": rank, "peft_version": peft.__version__,
         "trainable_params_with_head": counts, "seconds_per_step": times,
-        "ratio_ours_over_peft": ratio(cost(times["ours"], device), cost(times["peft"], device)),
-        "ratio_floor_over_peft": ratio(cost(times["floor"], device), cost(times["peft"], device)),
+        "ratio_ours_over_peft": paired_ratio(times, "ours", "peft", device),
+        "ratio_floor_over_peft": paired_ratio(times, "floor", "peft", device),
     }

@@ -133,7 +133,7 @@ def test_foreign_checkpoint_is_refused_naming_the_file(tmp_path):
     ("mona", {"bottleneck": 8}), ("lorand", {"bottleneck": 8, "kernel_rank": 2}),
     ("e3va", {"bottleneck": 8, "kernel_rank": 2}), ("adapter", {"bottleneck": 8, "target_modules":
                                                                 DENSE_ADAPTER["target_modules"]}),
-    ("bitfit", {}), ("ln-tune", {}), ("partial", {"k": 1}), ("adaptformer", {"bottleneck": 8}), ("full", {}),
+    ("bitfit", {}), ("ln-tune", {}), ("partial", {"k": 1}), ("full", {}),
 ])
 def test_methods_train_inside_the_dense_backbone(method, hparams):
     """Every trainable tensor gets a gradient from a loss on all four maps; frozen ones get none."""
@@ -172,8 +172,8 @@ def test_e3va_highway_never_enters_the_backbone():
 
 
 def test_e3va_and_lorand_start_as_the_frozen_backbone():
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)  # the same random backbone weights for all three
     reference = DenseSwin(DEMO, "linear", pretrained=False).eval()
     for method in ("e3va", "lorand"):
         torch.manual_seed(0)

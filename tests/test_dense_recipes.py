@@ -140,3 +140,16 @@ def test_image_suites_are_not_dense_runs(shipped):
     config, suites, methods = shipped
     with pytest.raises(ConfigError, match="not a dense suite"):
         resolve_dense_run(config, suites, methods, "vtab-mini", "lora", "digits", 42)
+
+
+def test_export_writes_a_toolbox_config(tmp_path):
+    from mmengine.config import Config
+
+    from vpeft.dense.export import main
+
+    out = main(["ade20k", "lora", "ade20k", "-o", str(tmp_path / "ade_lora.py"), "--config",
+                str(ROOT / "config/config.yaml"), "--methods-dir", str(ROOT / "config/methods")])
+    cfg = Config.fromfile(str(out))
+    assert cfg.custom_imports["imports"] == ["vpeft.dense.backbone"]
+    assert cfg.model.backbone.method == "lora" and cfg.model.decode_head.num_classes == 150
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper"  # the papers' fp16 on a GPU

@@ -11,4 +11,6 @@ Modules (import what you need; nothing here imports mmdet at package import time
 * `synthetic`  -- the embedded suites' generators (COCO json instances, ADE-format segmentation).
 * `datasets`   -- layout checks of COCO 2017, PASCAL VOC 2007+2012, ADE20K and the generated sets.
 * `train`      -- train + evaluate one run with mmengine's Runner, write metrics.json.
+* `export`     -- `python -m vpeft.dense.export SUITE METHOD TASK -o cfg.py`: the generated config for
+                  OpenMMLab's own tools/train.py.
 """
