@@ -127,6 +127,15 @@ def _status_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
 
 
+def _malloc_trim() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measure is only coarser
+        pass
+
+
 class PeakMemory:
     """Peak memory of a block of work above what is held when it starts.
 
@@ -147,6 +156,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
+            _malloc_trim()  # freed heap (e.g. of a selection stage) would otherwise hide new allocations
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             self.start = _status_kib("VmRSS") * 1024
         return self

@@ -37,9 +37,10 @@ def parse_args(argv=None):
     g = p.add_argument_group("model of the lora / merge / methods sections")
     g.add_argument("--arch", default="vit_small_patch16_224", help="timm architecture (random init)")
     g.add_argument("--img-size", type=int, default=112)
-    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--batch", type=int, default=16, help="training batch of the lora section")
     g.add_argument("--rank", type=int, default=8, help="LoRA rank (ours and peft's)")
     g.add_argument("--rounds", type=int, default=9, help="timed repetitions per variant (median)")
+    g.add_argument("--merge-batch", type=int, default=8, help="inference batch of the merge section")
     g.add_argument("--method-batch", type=int, default=8, help="batch of the methods section")
     g.add_argument("--method-steps", type=int, default=2, help="timed steps per method (after one warm-up)")
     g.add_argument("--methods", default="", help="comma-separated methods (default: all registered)")
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
                                                  args.cache_epochs, threads)
         elif section == "merge":
             import merged_inference
-            results[section] = merged_inference.run(args.arch, args.img_size, args.batch, args.rounds, args.device)
+            results[section] = merged_inference.run(args.arch, args.img_size, args.merge_batch, args.rounds,
+                                                    args.device)
         elif section == "methods":
             import method_costs
             methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None

@@ -17,7 +17,9 @@
 set -euo pipefail
 
 MMCV_VERSION=2.1.0
-PACKAGES=("mmengine==0.10.7" "mmdet==3.3.0" "mmsegmentation==1.2.2" "ftfy" "regex" "pycocotools" "setuptools<81")
+# mmcv is installed with --no-deps (so pip never swaps torch); what `import mmcv` needs comes first.
+MMCV_RUNTIME=("mmengine==0.10.7" "addict" "numpy" "packaging" "Pillow" "pyyaml" "yapf" "opencv-python>=3")
+PACKAGES=("mmdet==3.3.0" "mmsegmentation==1.2.2" "ftfy" "regex" "pycocotools" "setuptools<81")
 PY=${PYTHON:-.venv/bin/python}
 WHEELS=""
 FROM_SOURCE=0
@@ -74,8 +76,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     exit 1
 fi
 
-mmcv_ok() {
-    "$PY" - "$MMCV_VERSION" <<'EOF' 2>/dev/null
+mmcv_ok() {  # "quiet": no traceback (the first probe, when mmcv may simply be absent)
+    if [ "${1:-}" = quiet ]; then mmcv_ok >/dev/null 2>&1; return; fi
+    "$PY" - "$MMCV_VERSION" <<'EOF'
 import sys
 import mmcv
 from mmcv.ops import RoIAlign, nms  # the compiled ops: mmcv without them ("lite") fails here
@@ -90,9 +93,9 @@ if [ -n "$WHEELS" ]; then
 fi
 
 # setuptools<81 first: mmcv's setup.py (also when pip only reads its metadata) imports pkg_resources.
-run "${PIP[@]}" "setuptools<81" wheel
+run "${PIP[@]}" "setuptools<81" wheel "${MMCV_RUNTIME[@]}"
 
-if [ "$FORCE" = 0 ] && mmcv_ok; then
+if [ "$FORCE" = 0 ] && mmcv_ok quiet; then
     log "mmcv $MMCV_VERSION with compiled ops is already installed"
 else
     installed=0
