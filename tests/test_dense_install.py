@@ -41,12 +41,13 @@ def test_source_build_plan():
     result = script("--dry-run", "--force", "--from-source", "--python", sys.executable)
     assert result.returncode == 0, result.stderr
     steps = [line.split("+ ", 1)[1] for line in result.stderr.splitlines() if "] + " in line]
-    assert "setuptools<81" in steps[0]
+    # mmcv's setup.py needs setuptools<81; `import mmcv` (the ops probe) needs mmengine: both before mmcv
+    assert "setuptools<81" in steps[0] and "mmengine==0.10.7" in steps[0]
     assert "pip download" in steps[1] and "--no-binary=:all:" in steps[1] and "--no-build-isolation" in steps[1]
     assert "mmcv==2.1.0" in steps[1]
     assert steps[2].startswith("tar -xzf") and steps[3].startswith("patch_cxx_std")
     assert steps[4].startswith("env MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2") and "--no-build-isolation" in steps[4]
-    assert all(p in steps[5] for p in ("mmengine==0.10.7", "mmdet==3.3.0", "mmsegmentation==1.2.2", "ftfy", "regex",
+    assert all(p in steps[5] for p in ("mmdet==3.3.0", "mmsegmentation==1.2.2", "ftfy", "regex",
                                         "pycocotools"))
 
 

@@ -326,8 +326,9 @@ def test_vpt_on_swin_is_refused_clearly():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(MethodError, match="valid methods: adapter, adaptformer, bitfit"):
+    with pytest.raises(MethodError) as error:
         build_method("loraa")
+    assert str(error.value).endswith("valid methods: " + ", ".join(sorted(available_methods())))
 
 
 def test_unknown_or_bad_hyperparameter_is_named():
