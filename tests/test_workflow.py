@@ -94,7 +94,7 @@ def test_method_folder_target(tmp_path):
     result = snakemake(tmp_path, "--cores", "2", "results/vtab-mini/linear/")
     summary = json.loads((tmp_path / "results/vtab-mini/linear/summary.json").read_text())
     assert set(summary["tasks"]) == {"digits", "dsprites_loc"}
-    assert summary["trainable_params"] == 0
+    assert summary["trainable_params"] == 0 and summary["metric"] == "top1"
     assert not (tmp_path / "results/vtab-mini/lora").exists(), result.stdout
 
 

@@ -43,7 +43,6 @@ __all__ = ["build_context", "format_seconds", "human_params", "render_html", "re
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _TEMPLATE_NAME = "index.html.j2"
-_PUBLISHED_TASKS = PUBLISHED_TASKS
 _METRIC_LABELS = {"top1": "top-1 accuracy (%)"}
 _MINUS = "\u2212"
 
@@ -208,7 +207,7 @@ def _published_rows(
     pub = load_published(key)
     if pub is None:
         return {}, [f"Unknown published table {key!r}; no published numbers shown."]
-    pub_tasks = list(_PUBLISHED_TASKS[key])
+    pub_tasks = list(PUBLISHED_TASKS[key])
     mapped = {t: published_task(t) for t in tasks if published_task(t) in pub_tasks}
     all_mapped = len(mapped) == len(tasks)
     full_set = all_mapped and sorted(mapped.values()) == sorted(pub_tasks)
