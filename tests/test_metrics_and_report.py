@@ -549,6 +549,30 @@ def test_html_report_all_ok_and_no_published(tmp_path):
     assert "differs between runs" not in html
 
 
+def test_report_shows_the_speed_benchmark_and_refuses_other_json(tmp_path):
+    bench = {"schema": "vpeft.bench/1", "args": {"device": "cpu", "threads": 1, "arch": "vit_small_patch16_224"},
+             "provenance": {"git_commit": "0123456789abcdef", "created": "2026-11-29T10:00:00+00:00",
+                            "hardware": {"cpu": "Test CPU", "cpu_count": 2, "cuda": None}},
+             "summary": [{"measure": "LoRA train step, ours / peft", "value": "0.987", "goal": "<= 0.9", "met": "no"},
+                         {"measure": "  floor / peft", "value": "0.951", "goal": "-", "met": "-"}]}
+    bench_path = tmp_path / "latest.json"
+    bench_path.write_text(json.dumps(bench))
+    paths = [_write_ok(tmp_path, SUITE, "linear", t, 1, 0.5, 0) for t in TASKS]
+    suites = {SUITE: {"title": "Mini", "methods": ["linear"], "tasks": TASKS, "published": None}}
+    out = tmp_path / "r.html"
+    from vpeft.report.build import build_report
+
+    build_report(paths, suites, out, bench_path=bench_path)
+    text = " ".join(_check_html(out.read_text(encoding="utf-8")).text)
+    assert "Speed benchmark" in text and "LoRA train step, ours / peft" in text and "0.987" in text
+    assert "0123456789ab" in text and "Test CPU, 2 CPUs, no GPU" in text and "2026-11-29T10:00:00" in text
+    build_report(paths, suites, out)  # no benchmark record: no section
+    assert "Speed benchmark" not in out.read_text(encoding="utf-8")
+    bench_path.write_text(json.dumps({"schema": "vpeft.run/1"}))
+    with pytest.raises(ValueError, match="not a speed benchmark record"):
+        build_report(paths, suites, out, bench_path=bench_path)
+
+
 def test_formatting_helpers():
     assert human_params(294912) == "0.29M"
     assert human_params(160_000) == "0.16M"

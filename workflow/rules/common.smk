@@ -219,6 +219,12 @@ def report_suites():
     return {s: suite_report_info(s) for s in config["default_suites"]}
 
 
+def get_speed_benchmark(wildcards):
+    """The committed speed benchmark record (bench/run.py), shown in the report when present."""
+    path = Path(workflow.basedir) / "bench" / "results" / "latest.json"
+    return [str(path)] if path.exists() else []
+
+
 def build_report_after_failure():
     """`onerror`: when the default target failed (e.g. under --keep-going), still write the report,
     with every missing or failed run marked and its error shown."""
@@ -227,5 +233,6 @@ def build_report_after_failure():
         return
     from vpeft.report.build import build_report
 
-    build_report(get_report_runs(None), report_suites(), "reports/index.html")
+    speed = get_speed_benchmark(None)
+    build_report(get_report_runs(None), report_suites(), "reports/index.html", bench_path=speed[0] if speed else None)
     print("reports/index.html rebuilt: failed and missing runs are marked in it", file=sys.stderr)

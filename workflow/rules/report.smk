@@ -20,6 +20,7 @@ rule report:
     input:
         tables=expand("results/{suite}/table.csv", suite=config["default_suites"]),
         runs=get_report_runs,
+        speed=get_speed_benchmark,
     output:
         "reports/index.html",
     params:

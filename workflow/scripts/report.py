@@ -9,4 +9,5 @@ from vpeft.logs import log_to_file  # noqa: E402
 from vpeft.report.build import build_report  # noqa: E402
 
 log_to_file(snakemake.log[0])
-build_report(snakemake.input.runs, snakemake.params.suites, snakemake.output[0])
+build_report(snakemake.input.runs, snakemake.params.suites, snakemake.output[0],
+             bench_path=snakemake.input.speed[0] if snakemake.input.speed else None)

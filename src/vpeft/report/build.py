@@ -7,9 +7,13 @@ from pathlib import Path
 
 from .findings import add_findings
 from .html import build_context, render_report
+from .speed import load_speed_benchmark
 from .tables import load_runs
 
 
-def build_report(run_paths, suites: dict[str, dict], out_path: str | Path) -> None:
+def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench_path=None) -> None:
+    """``bench_path``: the speed benchmark's JSON (bench/run.py), shown as the report's speed table."""
     runs = load_runs(run_paths)
-    render_report(build_context(runs, add_findings(runs, suites)), out_path)
+    context = build_context(runs, add_findings(runs, suites))
+    context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
+    render_report(context, out_path)

@@ -616,6 +616,7 @@ def build_context(
         "provenance": _provenance(runs),
         "suites": [_dense_suite_context(runs, name, cfg) if cfg.get("kind") == "dense" else
                    _suite_context(runs, name, cfg) for name, cfg in suites.items()],
+        "speed": None,  # vpeft.report.speed.load_speed_benchmark(...) to show the speed benchmark
     }
 
 

@@ -1,0 +1,37 @@
+"""The speed benchmark's results (bench/run.py -> bench/results/latest.json) as a report table.
+
+The report shows the benchmark's own summary rows (measure, value, goal, met) with where and when it
+was measured; it never re-times anything, so the table is only as fresh as the JSON it names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BENCH_SCHEMA = "vpeft.bench/1"
+
+
+def load_speed_benchmark(path: str | Path) -> dict:
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if data.get("schema") != BENCH_SCHEMA:
+        raise ValueError(f"{path}: not a speed benchmark record (schema {data.get('schema')!r}, "
+                         f"expected {BENCH_SCHEMA!r})")
+    prov = data.get("provenance") or {}
+    hardware = prov.get("hardware") or {}
+    machine = ", ".join(str(v) for v in (hardware.get("cpu"), f"{hardware.get('cpu_count')} CPUs"
+                                         if hardware.get("cpu_count") else None,
+                                         hardware.get("cuda") or "no GPU") if v)
+    args = data.get("args") or {}
+    return {
+        "path": str(path),
+        "machine": machine or "not recorded",
+        "commit": str(prov.get("git_commit") or prov.get("git") or "not recorded")[:12],
+        "created": str(prov.get("created") or prov.get("time") or "not recorded"),
+        "setup": ", ".join(f"{k} {args[k]}" for k in ("device", "threads", "arch", "img_size", "batch",
+                                                        "precision") if k in args),
+        "rows": [{"measure": str(r["measure"]).strip(), "sub": str(r["measure"]).startswith(" "),
+                  "value": str(r["value"]), "goal": str(r["goal"]), "met": str(r["met"])}
+                 for r in data.get("summary", [])],
+    }
