@@ -134,16 +134,22 @@ def test_foreign_checkpoint_is_refused_naming_the_file(tmp_path):
     ("e3va", {"bottleneck": 8, "kernel_rank": 2}), ("adapter", {"bottleneck": 8, "target_modules":
                                                                 DENSE_ADAPTER["target_modules"]}),
     ("bitfit", {}), ("ln-tune", {}), ("partial", {"k": 1}), ("full", {}),
+    ("lora", {"rank": 4}), ("adaptformer", {"bottleneck": 8}),
 ])
 def test_methods_train_inside_the_dense_backbone(method, hparams):
     """Every trainable tensor gets a gradient from a loss on all four maps; frozen ones get none."""
     torch.manual_seed(0)
     backbone = DenseSwin(DEMO, method, hparams, pretrained=False)
+    backbone.eval()  # no stochastic depth / dropout: with batch 2, dropping a block for both samples is likely
     opt = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2)
     x = torch.randn(2, 3, 64, 64)
+    # A fixed random linear probe of each map, not sum(o ** 2): every map leaves through a LayerNorm
+    # (the output norms), whose squared output is constant per token, so that loss would give the last
+    # block almost no gradient and hide nothing but test its own blind spot.
+    probes = [torch.randn(o.shape[1:]) for o in backbone(x)]
     for step in range(2):  # zero-initialised branches become live after the first step
         opt.zero_grad(set_to_none=True)
-        sum(o.square().mean() for o in backbone(x)).backward()
+        sum((o * w).mean() for o, w in zip(backbone(x), probes)).backward()
         if step == 0:
             opt.step()
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
