@@ -18,6 +18,8 @@ from vpeft.config import (  # noqa: E402
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 ENV = "../../envs/vpeft.yaml"
+# The dense rules also need mmcv / mmdet / mmseg (mmcv is built by envs/dense.post-deploy.sh).
+DENSE_ENV = "../../envs/dense.yaml"
 
 try:
     validate_against_schema(config, SCHEMAS / "config.schema.yaml")

@@ -39,7 +39,7 @@ rule check_dense_task:
     resources:
         mem_mb=2000,
     conda:
-        ENV
+        DENSE_ENV
     script:
         "../scripts/check_dense_task.py"
 
@@ -60,7 +60,7 @@ rule train_dense_run:
     resources:
         mem_mb=6000,
     conda:
-        ENV
+        DENSE_ENV
     script:
         "../scripts/train_dense.py"
 
