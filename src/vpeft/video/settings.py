@@ -22,6 +22,8 @@ class VideoDataSettings:
     generate: settings of the embedded suite's generator (frames per video, fps); not read by the loader.
     check_decode: whether the check rule opens every video again with decord (default: embedded suites
         only; prepared folders were decoded when prepared and are then checked by sha256).
+    index: the checked task index (resources/index/<suite>/<task>.json) that the workflow adds to every
+        run's config, so the run record names the check it trained after; not read by the loader.
     """
 
     sampling: str = "segment"
@@ -36,6 +38,7 @@ class VideoDataSettings:
     prepare: dict = field(default_factory=dict)
     generate: dict = field(default_factory=dict)
     check_decode: bool | None = None
+    index: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict | None, where: str = "data") -> VideoDataSettings:
