@@ -505,6 +505,7 @@ def test_html_report(run_paths, tmp_path):
     for method in ("linear", "lora", "ln-tune"):
         assert f">{method}<" in html
     assert "2026-11-29 05:00:00 UTC" in html
+    assert " ".join(text.split()).count("Results \u00b7 protocol vtab1k") == 2  # each results table names it
     # missing / failed cells and the failure list
     titles = [attrs.get("title", "") for tag, attrs in checker.tags if tag == "td"]
     classes = [attrs.get("class", "") for tag, attrs in checker.tags if tag == "td"]
