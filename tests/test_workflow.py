@@ -164,6 +164,19 @@ def test_keep_going_still_builds_a_report_that_shows_the_failure(tmp_path):
     assert json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
     assert not (tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()
 
+    # Fix the cause and run the plain command again: the failed run trains now (it is not "nothing to
+    # be done" because a report exists) and the rebuilt report shows no failure.
+    del config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"]
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(config, sort_keys=False))
+    rerun = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(fixed), "--cores", "2"],
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert job_counts(rerun.stdout + rerun.stderr).get("train_run", 0) >= 1
+    assert json.loads((tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").read_text())[
+        "status"] == "ok"
+    assert "TrainingError" not in (tmp_path / "reports/index.html").read_text()
+
 
 def test_snakemake_job_killed_mid_run_resumes_on_rerun(tmp_path):
     """SIGKILL the whole Snakemake process group mid-training; the same command resumes the run from
