@@ -1,8 +1,9 @@
 """V-PEFT Bench speed benchmark: prints ratios measured side by side in one run on one machine, and
 writes them (with provenance) to a JSON file. See bench/README.md.
 
-    python bench/run.py                      # default sizes: ~10 min on a 2-core CPU
+    python bench/run.py                      # default sizes: ~25 min on a 2-core CPU (demo: ~14 of them)
     python bench/run.py --only lora,merge    # some sections
+    python bench/run.py --only demo --update # re-measure one section, keep the others in the JSON
     python bench/run.py --arch vit_base_patch16_224 --img-size 224 --device cuda --precision bf16
 """
 
@@ -18,12 +19,13 @@ from pathlib import Path
 import torch
 from common import REPO
 
-SECTIONS = ("lora", "cache", "merge", "methods", "vitb")
+SECTIONS = ("lora", "cache", "merge", "methods", "vitb", "demo")
 GOALS = {
     "lora_over_peft": "<= 0.9 (never > 1.0)",
     "linear_cache_speedup": ">= 20",
     "merged_over_plain": "<= 1.02",
     "side_tuning_memory_below_lora": "all",
+    "default_run_seconds": "<= 900",
 }
 
 
@@ -31,6 +33,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON output file")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other sections of an existing --out file (each section records its commit)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1, as each workflow training job; 0: torch's default)")
@@ -96,6 +100,11 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
         mfu = f", MFU {v['mfu']:.1%}" if v["mfu"] is not None else ", MFU n/a (no GPU peak known)"
         value = f"{v['images_per_second']:.2f} img/s, {v['achieved_tflops'] * 1000:.0f} GFLOP/s{mfu}"
         rows.append(("ViT-B/16 full-FT step", value, "-", "-"))
+    if "demo" in results:
+        d = results["demo"]
+        rows.append((f"default `snakemake --cores {d['cores']}` from nothing ({d['jobs']} jobs)",
+                     f"{d['wall_seconds'] / 60:.1f} min ({d['cpu_seconds'] / 60:.1f} CPU-min)",
+                     GOALS["default_run_seconds"] + " s", "yes" if d["wall_seconds"] <= d["budget_seconds"] else "no"))
     return rows
 
 
@@ -157,6 +166,9 @@ def main(argv=None) -> int:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
             results[section] = method_costs.run(args.arch, args.img_size, args.method_batch, args.method_steps, threads,
                                                 args.device, methods)
+        elif section == "demo":
+            import default_run
+            results[section] = default_run.run()
         elif section == "vitb":
             import vitb_step
             batch = args.vitb_batch or (128 if args.device.startswith("cuda") else 4)
@@ -165,20 +177,36 @@ def main(argv=None) -> int:
         cpu[section] = round(_cpu_seconds() - cpu_start, 1)
         print(f"[{section}] {timings[section]:.0f} s wall, {cpu[section]:.0f} s CPU", flush=True)
 
+    from vpeft.io import atomic_write_json
+    from vpeft.provenance import provenance
+
+    here = provenance(threads)
+    section_provenance = {s: {"git_commit": here.get("git_commit"), "git_dirty": here.get("git_dirty"),
+                              "created": here.get("created")} for s in results}
+    out = Path(args.out)
+    if args.update and out.is_file():
+        import json
+
+        previous = json.loads(out.read_text())
+        kept = {s: v for s, v in previous.get("results", {}).items() if s not in results}
+        for s in kept:
+            timings.setdefault(s, previous.get("section_seconds", {}).get(s))
+            cpu.setdefault(s, previous.get("section_cpu_seconds", {}).get(s))
+            section_provenance[s] = previous.get("section_provenance", {}).get(s) or {
+                k: previous.get("provenance", {}).get(k) for k in ("git_commit", "git_dirty", "created")}
+        results = {**kept, **results}
+        results = {s: results[s] for s in SECTIONS if s in results}
+
     if "methods" in results:
         print_methods(results)
     print(f"\n{'measure':52s} {'value':34s} {'goal':22s} met")
     for measure, value, goal, met in summary(results):
         print(f"{measure:52s} {value:34s} {goal:22s} {met}")
 
-    from vpeft.io import atomic_write_json
-    from vpeft.provenance import provenance
-
     record = {"schema": "vpeft.bench/1", "args": vars(args), "section_seconds": timings,
               "section_cpu_seconds": cpu, "results": results,
               "summary": [dict(zip(("measure", "value", "goal", "met"), row)) for row in summary(results)],
-              "provenance": provenance(threads)}
-    out = Path(args.out)
+              "provenance": here, "section_provenance": section_provenance}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, record)
     print(f"\nwritten: {out}")
