@@ -57,3 +57,21 @@ def test_real_video_suites_are_planned(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         for rule in (*rules, "train_run", "method_summary"):
             assert rule in result.stdout, (target, rule)
+
+
+def test_a_damaged_video_stops_its_task_naming_the_file_and_loses_nothing_else(tmp_path):
+    """Generate the task, truncate one clip, run with --keep-going: the check names the file, the
+    runs that need it are reported as missing (not silently dropped), and the generated data stay."""
+    generated = run(tmp_path, "--cores", "2", "resources/data/video-mini/motion")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    task = tmp_path / "resources/data/video-mini/motion"
+    damaged = sorted((task / "videos" / "test").glob("*.mp4"))[3]
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    result = run(tmp_path, "--cores", "2", "--keep-going")
+    assert result.returncode != 0
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
+    assert damaged.name in result.stdout + result.stderr + logs
+    assert not (tmp_path / "results/video-mini/linear/motion/seed-42/metrics.json").exists()
+    report = (tmp_path / "reports/index.html").read_text()
+    assert "missing" in report and "video-mini" in report
+    assert len(list((task / "videos").rglob("*.mp4"))) == 12 + 6 + 12 and damaged.exists()
