@@ -3,6 +3,8 @@ generator, so loader tests do not depend on it)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,18 @@ import pytest
 from PIL import Image
 
 SPLIT_SIZES = {"train800": 12, "val200": 4, "test": 10}
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def run_workflow(workdir: Path, configfile: Path, *args: str, check: bool = True,
+                 timeout: int = 900) -> subprocess.CompletedProcess:
+    """The project's Snakefile in `workdir` with `configfile`; with `check`, a failure shows its output."""
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
 
 
 def write_vtab_task(root: Path, num_classes: int = 3, sizes=SPLIT_SIZES, image_size: int = 32, seed: int = 0) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -37,11 +38,7 @@ def dense_config(tmp_path: Path) -> Path:
 
 
 def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(dense_config(tmp_path)), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+    return run_workflow(tmp_path, dense_config(tmp_path), *args, check=check, timeout=1800)
 
 
 def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp_path):

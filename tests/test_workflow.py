@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_workflow
 
 from vpeft.config import deep_merge, load_method_configs, load_yaml, resolve_suites, suite_methods
 
@@ -42,11 +43,7 @@ def smoke_config(tmp_path: Path) -> Path:
 
 
 def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(smoke_config(tmp_path)), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+    return run_workflow(tmp_path, smoke_config(tmp_path), *args, check=check)
 
 
 def test_lint_is_clean():
