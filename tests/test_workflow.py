@@ -52,27 +52,6 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("profile", ["profiles/slurm", "slurm"])  # `slurm` links to profiles/slurm
-def test_slurm_profile_plans_the_full_benchmark(profile):
-    result = subprocess.run([*SNAKEMAKE, "--profile", profile, "-n"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    stats = dict(line.split() for line in result.stdout.splitlines() if len(line.split()) == 2
-                 and line.split()[0] in ("train_run", "check_task_data", "prepare_task_folder")
-                 and line.split()[1].isdigit())
-    # the real image suites of config/benchmark.yaml: VTAB-1k's 19 tasks and FGVC's 5
-    config = deep_merge(load_yaml(ROOT / "config/config.yaml"), load_yaml(ROOT / "config/benchmark.yaml"))
-    suites = resolve_suites(config)
-    methods = load_method_configs(ROOT / "config/methods")
-    assert config["default_suites"] == ["vtab", "fgvc"]
-    assert [len(suites[s]["tasks"]) for s in config["default_suites"]] == [19, 5]
-    assert stats["check_task_data"] == "24"
-    assert stats["prepare_task_folder"] == "24"  # download -> extract -> check for every task
-    expected_runs = sum(len(suites[s]["tasks"]) * len(suite_methods(s, suites[s], methods))
-                        for s in config["default_suites"])
-    assert expected_runs > 24 * 20 and int(stats["train_run"]) == expected_runs
-
-
 def test_end_to_end_default_run_builds_the_report(tmp_path):
     snakemake(tmp_path, "--cores", "2")
     report = (tmp_path / "reports/index.html").read_text()

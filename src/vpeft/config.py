@@ -136,6 +136,11 @@ def suite_methods(suite_name: str, suite: dict, method_configs: dict[str, dict])
     return list(methods)
 
 
+def job_resources(config: dict, suite: dict) -> dict[str, int]:
+    """What a training job of `suite` asks for: its track's `job_resources`, then the suite's keys."""
+    return {**config["job_resources"][suite["kind"]], **suite.get("job_resources", {})}
+
+
 def check_known(kind: str, name: str, valid) -> None:
     """Raise a ConfigError listing the valid names when `name` is not one of them."""
     if name not in valid:

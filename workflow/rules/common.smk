@@ -11,6 +11,7 @@ from vpeft.config import (  # noqa: E402
     data_root,
     load_method_configs,
     resolve_run,
+    job_resources,
     resolve_suites,
     suite_methods,
     validate_against_schema,
@@ -114,6 +115,24 @@ def get_run_config(wildcards):
     # training reads the checked, checksummed manifest that the index points to
     run["data"] = {**run["data"], "index": get_task_index(wildcards)}
     return run
+
+
+def _job_resource(key):
+    # config job_resources (per track, per suite); --set-resources / --set-threads override these
+    return lambda wildcards: job_resources(config, SUITES[wildcards.suite])[key]
+
+
+TRAINING_RESOURCES = {
+    "gpu": _job_resource("gpus"),  # snakemake-executor-plugin-slurm: --gpus=N (0: none requested)
+    "cpus_per_task": _job_resource("cpus"),
+    "mem_mb": _job_resource("mem_mb"),
+    "runtime": _job_resource("runtime"),
+}
+get_training_threads = _job_resource("cpus")
+
+
+def get_data_check_threads(wildcards):
+    return 1 if SUITES[wildcards.suite]["source"] == "embedded" else 8
 
 
 def get_search_run_config(wildcards):

@@ -57,7 +57,8 @@ rule prepare_task_folder:
     wildcard_constraints:
         droot=_regex_alternatives(DOWNLOAD_ROOTS),
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
+        runtime=240,  # extraction is disk-bound
     conda:
         ENV
     script:
@@ -76,8 +77,11 @@ rule check_task_data:
         "logs/data/check/{suite}/{task}.log",
     wildcard_constraints:
         suite=_regex_alternatives({n for n, s in SUITES.items() if s["kind"] == "image"}),
+    threads: get_data_check_threads  # decodes and hashes every image once, in parallel
     resources:
-        mem_mb=2000,
+        mem_mb=8000,
+        runtime=240,
+        cpus_per_task=get_data_check_threads,
     conda:
         ENV
     script:

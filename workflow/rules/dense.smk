@@ -37,7 +37,8 @@ rule check_dense_task:
     wildcard_constraints:
         suite=_alternatives(DENSE_DATA_SUITES),
     resources:
-        mem_mb=2000,
+        mem_mb=16000,  # COCO's train json is ~450 MB
+        runtime=240,
     conda:
         DENSE_ENV
     script:
@@ -56,9 +57,9 @@ rule train_dense_run:
         "logs/train/{suite}/{method}/{task}/seed-{seed}.log",
     wildcard_constraints:
         suite=_alternatives(DENSE_SUITES),
-    threads: 1
+    threads: get_training_threads
     resources:
-        mem_mb=6000,
+        **TRAINING_RESOURCES,
     conda:
         DENSE_ENV
     script:

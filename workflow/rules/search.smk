@@ -17,9 +17,9 @@ rule noah_supernet:
         "logs/search/{suite}/{method}/{task}/seed-{seed}_supernet.log",
     wildcard_constraints:
         method="noah",
-    threads: 1
+    threads: get_training_threads
     resources:
-        mem_mb=4000,
+        **TRAINING_RESOURCES,
     conda:
         ENV
     script:
@@ -40,9 +40,9 @@ rule noah_search:
         "logs/search/{suite}/{method}/{task}/seed-{seed}_search.log",
     wildcard_constraints:
         method="noah",
-    threads: 1
+    threads: get_training_threads
     resources:
-        mem_mb=4000,
+        **TRAINING_RESOURCES,
     conda:
         ENV
     script:

@@ -13,9 +13,9 @@ rule train_run:
         run=get_run_config,
     log:
         "logs/train/{suite}/{method}/{task}/seed-{seed}.log",
-    threads: 1
+    threads: get_training_threads
     resources:
-        mem_mb=4000,
+        **TRAINING_RESOURCES,
     conda:
         ENV
     script:
@@ -36,9 +36,9 @@ rule select_parameters:
         "logs/select/{suite}/{method}/{task}/seed-{seed}.log",
     wildcard_constraints:
         method=_alternatives(SELECTION_METHODS),
-    threads: 1
+    threads: get_training_threads
     resources:
-        mem_mb=4000,
+        **TRAINING_RESOURCES,
     conda:
         ENV
     script:

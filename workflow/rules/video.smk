@@ -31,7 +31,11 @@ rule prepare_video_task:
         "logs/data/prepare/{suite}/{task}.log",
     wildcard_constraints:
         suite=_alternatives(prepared_video_suites()),
-    threads: 4
+    threads: 32  # converts and decodes videos in parallel (~194k for SSv2)
+    resources:
+        mem_mb=32000,
+        runtime=2880,
+        cpus_per_task=32,
     conda:
         ENV
     script:
@@ -49,6 +53,9 @@ rule check_video_task:
         "logs/data/check/{suite}/{task}.log",
     wildcard_constraints:
         suite=_alternatives(video_data_suites()),
+    resources:
+        mem_mb=8000,
+        runtime=240,
     conda:
         ENV
     script:

@@ -13,5 +13,7 @@ from vpeft.logs import log_to_file  # noqa: E402
 log_to_file(snakemake.log[0])
 options = dict(snakemake.params.task)
 layout = options.pop("layout")
-index, rows = get_checker(layout)(options.pop("task_dir"), options.pop("num_classes"), **options)
+# image layouts (vtab, fgvc): decode and hash on the job's threads
+index, rows = get_checker(layout)(options.pop("task_dir"), options.pop("num_classes"), workers=snakemake.threads,
+                                  **options)
 write_task_index(snakemake.output.index, index, rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .manifest import Row, decode_image
@@ -53,6 +54,17 @@ def hash_and_decode(path: Path, decode: bool = True) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hash_images(paths: list[Path], decode: bool, workers: int, progress: "Progress") -> list[str]:
+    """sha256 of each image (decoded first when `decode`), in order, on `workers` threads (zlib, JPEG
+    decoding and hashing release the GIL, so a check job uses the CPUs it asked for)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        hashes = []
+        for digest in pool.map(lambda path: hash_and_decode(path, decode), paths):
+            hashes.append(digest)
+            progress.step()
+        return hashes
+
+
 def check_sizes(counts: dict[str, int], sizes: dict[str, int] | None, files: dict[str, Path], where: str) -> None:
     for split, expected in (sizes or {}).items():
         if split in counts and counts[split] != expected:
@@ -74,7 +86,7 @@ class Progress:
 
 def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = "", task: str = "",
                       source: str = "external", decode: bool = True, sizes: dict[str, int] | None = None,
-                      folders: list[str] | None = None, with_rows: bool = False):
+                      folders: list[str] | None = None, with_rows: bool = False, workers: int = 1):
     """Validate a VTAB-layout task folder. Returns its index (per-split counts and class histograms,
     the folder actually used), and with `with_rows` also the manifest rows. Raises DataError naming
     the problem (file and line where there is one)."""
@@ -91,19 +103,17 @@ def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = ""
     if counts["train800val200"] != expected:
         raise DataError(f"{task_dir}/train800val200.txt has {counts['train800val200']} lines, "
                         f"expected train800 + val200 = {expected}")
-    progress = Progress(f"{suite}/{task}", sum(counts.values()))
-    hashes: dict[str, str] = {}
-    rows: list[Row] = []
+    for split in SPLITS:
+        for rel, _ in items[split]:
+            if not (task_dir / rel).is_file():
+                raise DataError(f"{files[split]}: listed image {rel} does not exist")
+    unique = list(dict.fromkeys(rel for split in SPLITS for rel, _ in items[split]))
+    progress = Progress(f"{suite}/{task}", len(unique))
+    hashes = dict(zip(unique, hash_images([task_dir / rel for rel in unique], decode, workers, progress)))
+    _check_combined_split(items, hashes, task_dir)
+    rows = [Row(split, rel, label, hashes[rel]) for split in SPLITS for rel, label in items[split]]
     splits = {}
     for split in SPLITS:
-        for rel, label in items[split]:
-            if rel not in hashes:
-                path = task_dir / rel
-                if not path.is_file():
-                    raise DataError(f"{files[split]}: listed image {rel} does not exist")
-                hashes[rel] = hash_and_decode(path, decode)
-            rows.append(Row(split, rel, label, hashes[rel]))
-            progress.step()
         histogram = Counter(label for _, label in items[split])
         splits[split] = {"count": counts[split], "classes": {str(k): histogram[k] for k in sorted(histogram)}}
     missing = sorted(set(range(num_classes)) - {label for _, label in items["train800val200"]})
@@ -113,6 +123,23 @@ def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = ""
     index = {"suite": suite, "task": task, "layout": "vtab", "task_dir": str(task_dir), "num_classes": num_classes,
              "source": source, "splits": splits}
     return (index, rows) if with_rows else index
+
+
+def _check_combined_split(items: dict, hashes: dict[str, str], task_dir: Path) -> None:
+    """train800val200 must hold exactly the images (by content) and labels of train800 and val200: a
+    copy made from other images, or with relabelled ones, would train on data the protocol never saw."""
+    def content(split):
+        return Counter((hashes[rel], label) for rel, label in items[split])
+
+    combined, parts = content("train800val200"), content("train800") + content("val200")
+    if combined != parts:
+        extra, lacking = combined - parts, parts - combined
+        where = ("train800val200",) if extra else ("train800", "val200")
+        digest, label = next(iter(extra or lacking))
+        example = next(rel for split in where for rel, lab in items[split] if (hashes[rel], lab) == (digest, label))
+        raise DataError(f"{task_dir}/train800val200.txt is not train800 + val200 by image content: "
+                        f"{sum(extra.values())} image(s) not in train800/val200, {sum(lacking.values())} of theirs "
+                        f"missing (e.g. {example} with label {label})")
 
 
 def check_vtab_task(task_dir: str | Path, num_classes: int, **options):

@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from .check import Progress, check_sizes, hash_and_decode, resolve_task_folder
+from .check import Progress, check_sizes, hash_images, resolve_task_folder
 from .manifest import Row, read_rows
 from .protocols import for_layout
 from .splits import DataError
@@ -62,7 +62,7 @@ def _missing_message(task_dir: Path, suite: str, task: str, tried: list[Path]) -
 
 def check_task(task_dir: str | Path, num_classes: int, *, suite: str = "", task: str = "", source: str = "external",
                image_dir: str = ".", folders: list[str] | None = None, sizes: dict[str, int] | None = None,
-               decode: bool = True):
+               decode: bool = True, workers: int = 1):
     """Validate an FGVC task folder; returns (index, manifest rows). Raises DataError naming the file."""
     found, tried = resolve_task_folder(task_dir, folders)
     task = task or Path(task_dir).name
@@ -88,18 +88,19 @@ def check_task(task_dir: str | Path, num_classes: int, *, suite: str = "", task:
             raise DataError(f"{files[a]} and {files[b]} share {len(shared)} image(s), e.g. {shared[0]!r}")
 
     image_root = task_dir / image_dir
-    progress = Progress(f"{suite}/{task}", sum(counts.values()))
+    listed = [(split, key, cid) for split in SPLIT_FILES for key, cid in annotations[split].items()]
+    for split, key, _ in listed:
+        if not (image_root / key).is_file():
+            raise DataError(f"{files[split]}: listed image {key} does not exist under {image_root}")
+    progress = Progress(f"{suite}/{task}", len(listed))
+    hashes = hash_images([image_root / key for _, key, _ in listed], decode, workers, progress)
     rows: list[Row] = []
+    for (split, key, cid), digest in zip(listed, hashes):
+        rel = PurePosixPath(image_dir, key).as_posix() if image_dir not in ("", ".") else key
+        rows.append(Row(split, rel, to_label[cid], digest))
     splits = {}
     notes = []
     for split in SPLIT_FILES:
-        for key, cid in annotations[split].items():
-            path = image_root / key
-            if not path.is_file():
-                raise DataError(f"{files[split]}: listed image {key} does not exist under {image_root}")
-            rel = PurePosixPath(image_dir, key).as_posix() if image_dir not in ("", ".") else key
-            rows.append(Row(split, rel, to_label[cid], hash_and_decode(path, decode)))
-            progress.step()
         histogram = Counter(to_label[cid] for cid in annotations[split].values())
         splits[split] = {"count": counts[split], "classes": {str(k): histogram[k] for k in sorted(histogram)}}
         absent = num_classes - len(histogram)

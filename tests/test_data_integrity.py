@@ -1,0 +1,48 @@
+"""Task folders are checked by image content: train800val200 must be exactly train800 + val200, and the
+parallel check gives the same manifest as the serial one."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import write_vtab_task
+
+from vpeft.data.check import check_task_folder
+from vpeft.data.splits import DataError
+
+
+def _rewrite_line(path, index, new_line):
+    lines = path.read_text().splitlines()
+    lines[index] = new_line
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_combined_split_made_of_other_images_is_refused(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    # same line count, but the first combined image is a test image (bytes of another picture)
+    first = (task / "train800val200.txt").read_text().splitlines()[0].split()
+    test_image = (task / "test.txt").read_text().splitlines()[5].split()[0]
+    (task / first[0]).write_bytes((task / test_image).read_bytes())
+    with pytest.raises(DataError, match=r"train800val200.txt is not train800 \+ val200 by image content.*"
+                                        + first[0]):
+        check_task_folder(task, 3)
+
+
+def test_combined_split_with_a_changed_label_is_refused(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    rel, label = (task / "train800val200.txt").read_text().splitlines()[0].split()
+    _rewrite_line(task / "train800val200.txt", 0, f"{rel} {(int(label) + 1) % 3}")
+    with pytest.raises(DataError, match="not train800 \\+ val200 by image content"):
+        check_task_folder(task, 3)
+
+
+def test_parallel_check_equals_the_serial_one(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    assert check_task_folder(task, 3, with_rows=True, workers=4) == check_task_folder(task, 3, with_rows=True)
+
+
+def test_an_undecodable_image_is_named_by_the_parallel_check(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    rel = (task / "test.txt").read_text().splitlines()[3].split()[0]
+    (task / rel).write_bytes(b"not an image")
+    with pytest.raises(DataError, match=rel.split("/")[-1]):
+        check_task_folder(task, 3, workers=3)
