@@ -52,6 +52,7 @@ from ..provenance import provenance
 
 # Private helpers of the training engine, reused so that NOAH's stages build data and models exactly
 # as a normal run does.
+from .optim import build_optimizer
 from .train import RunConfig, TrainingConfig, _datasets, build_run_model, run_fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def train_supernet(run_values: dict, out_path: str | Path, threads: int = 1, bas
     train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
                               num_workers=tc.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(params, tc)
     scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
                                   warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)

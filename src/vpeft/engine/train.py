@@ -34,6 +34,7 @@ from ..provenance import provenance
 from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
 from .feature_cache import MODES as FEATURE_CACHE_MODES
 from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
+from .optim import OPTIMIZERS, build_optimizer
 from .selection import compute_selection, load_selection, selection_digest
 
 log = logging.getLogger("vpeft.train")
@@ -59,6 +60,9 @@ class TrainingConfig:
     train_aug: bool = False
     num_workers: int = 0
     weight_decay_1d: bool = True
+    optimizer: str = "adamw"              # adamw | sgd (with `momentum`)
+    momentum: float = 0.9                 # SGD only
+    lr_reference_batch: int | None = None  # set: the peak lr is lr x batch_size / lr_reference_batch
     # Speed knobs: none of them changes what is computed, except precision and compile (numerics).
     feature_cache: str = "auto"           # auto: cache the frozen prefix when that is exact; off
     feature_cache_memory_mb: float = 4096  # larger caches need feature_cache_dir (or are not built)
@@ -74,6 +78,8 @@ class TrainingConfig:
             self.feature_cache = "auto" if self.feature_cache else "off"
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ValueError(f"training.feature_cache must be one of {FEATURE_CACHE_MODES}, got {self.feature_cache!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if not self.feature_cache_memory_mb >= 0:
@@ -202,7 +208,7 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
 
 
 def parameter_groups(model: torch.nn.Module, tc: TrainingConfig) -> list[dict]:
-    """Trainable tensors for AdamW. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
+    """Trainable tensors for the optimiser. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
     norm and scale vectors (1-D tensors) are exempt, as in timm and SSF's official recipe."""
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.weight_decay_1d:
@@ -303,7 +309,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     eval_loader = DataLoader(eval_set, batch_size=max(1, tc.eval_batch_size // views), shuffle=False,
                              num_workers=tc.num_workers, pin_memory=pin)
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(parameter_groups(model, tc), tc)
     scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
                                   warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
