@@ -3,6 +3,7 @@ takes ~14 minutes and is not run by the tests)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,24 @@ def test_wheel_plan_uses_the_wheel_folder(tmp_path):
 def test_bad_invocations_say_why(args, message):
     result = script(*args)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_source_build_without_a_gpu_says_loudly_it_is_cpu_only():
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_CUDA"}
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--force", "--from-source", "--python", sys.executable],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    import torch
+    assert not torch.cuda.is_available()  # this test describes a machine without a GPU (CI's)
+    warning = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "CPU ONLY" in warning[0] and "RoIAlign / NMS" in warning[1] and "MMCV_WHEELS" in warning[-1]
+    assert "FORCE_CUDA=0" in result.stderr
+
+
+def test_force_cuda_builds_the_cuda_ops():
+    env = dict(os.environ, FORCE_CUDA="1")
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--force", "--from-source", "--python", sys.executable],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "building mmcv's ops with CUDA (FORCE_CUDA=1 is set)" in result.stderr
+    assert "env MMCV_WITH_OPS=1 FORCE_CUDA=1" in result.stderr and "WARNING" not in result.stderr

@@ -5,10 +5,15 @@
 #
 # PyPI has only mmcv's source distribution. A prebuilt wheel is used when pip finds one (put its folder
 # in PIP_FIND_LINKS, or pass --wheels DIR); otherwise mmcv is built from the sdist with the recipe that
-# works for torch 2.14 (about 14 min on 2 cores):
+# works for torch 2.14 (about 14 min on 2 cores for the CPU ops):
 #   setuptools<81 (mmcv's setup.py imports pkg_resources), --no-build-isolation (it imports torch),
-#   MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2, and -std=c++17 -> -std=c++20 in mmcv's setup.py (torch 2.14's
+#   MMCV_WITH_OPS=1 MAX_JOBS=2, and -std=c++17 -> -std=c++20 in mmcv's setup.py (torch 2.14's
 #   headers need C++20).
+# CUDA: the ops are built for CUDA (FORCE_CUDA=1) when torch is a CUDA build, a CUDA toolkit (nvcc) is
+# found and a GPU is visible -- so build on a GPU node -- or when FORCE_CUDA=1 is set (a login node with
+# the toolkit; set TORCH_CUDA_ARCH_LIST too, e.g. "8.0;9.0"). Otherwise the build is CPU-only, and the
+# script says so loudly: detection then fails on a GPU at the first RoIAlign / NMS. On a machine with a
+# GPU the check runs NMS and RoIAlign on CUDA tensors, so a CPU-only mmcv (wheel or build) fails there.
 #
 # Usage: tools/install_dense.sh [--python PY] [--wheels DIR] [--from-source] [--sdist FILE] [--force] [--dry-run]
 #        tools/install_dense.sh --patch-only DIR    (apply the C++20 patch to an unpacked mmcv sdist)
@@ -81,9 +86,37 @@ mmcv_ok() {  # "quiet": no traceback (the first probe, when mmcv may simply be a
     "$PY" - "$MMCV_VERSION" <<'EOF'
 import sys
 import mmcv
+import torch
 from mmcv.ops import RoIAlign, nms  # the compiled ops: mmcv without them ("lite") fails here
-sys.exit(0 if mmcv.__version__ == sys.argv[1] else 1)
+if mmcv.__version__ != sys.argv[1]:
+    sys.exit(f"mmcv {mmcv.__version__} is installed, not {sys.argv[1]}")
+if torch.cuda.is_available():  # a GPU machine: the ops must run on the GPU, not only import
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [50.0, 50.0, 60.0, 60.0]], device="cuda")
+    kept, _ = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device="cuda"), iou_threshold=0.5)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device="cuda")
+    pooled = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2)(torch.ones(1, 1, 8, 8, device="cuda"), rois)
+    if kept.shape[0] != 2 or not torch.allclose(pooled, torch.ones_like(pooled)):
+        sys.exit("mmcv's CUDA ops ran but gave wrong results")
+    print(f"[install_dense] mmcv's CUDA ops ran on {torch.cuda.get_device_name(0)}", file=sys.stderr)
 EOF
+}
+
+# Whether the source build compiles CUDA kernels (sets CUDA_REASON): FORCE_CUDA when set, else
+# torch built with CUDA + a CUDA toolkit + a visible GPU.
+cuda_build() {
+    if [ -n "${FORCE_CUDA:-}" ]; then
+        CUDA_REASON="FORCE_CUDA=$FORCE_CUDA is set"
+        [ "$FORCE_CUDA" = 1 ]; return
+    fi
+    local torch_cuda gpu
+    torch_cuda=$("$PY" -c "import torch; print(torch.version.cuda or '')" 2>/dev/null)
+    gpu=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
+    if [ -z "$torch_cuda" ]; then CUDA_REASON="torch is a CPU-only build"; return 1; fi
+    if ! command -v nvcc >/dev/null && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+        CUDA_REASON="no CUDA toolkit: nvcc is not on PATH nor in CUDA_HOME"; return 1
+    fi
+    if [ "$gpu" != 1 ]; then CUDA_REASON="no GPU is visible on this machine"; return 1; fi
+    CUDA_REASON="torch with CUDA $torch_cuda, nvcc found, a GPU visible"
 }
 
 PIP=("$PY" -m pip install --disable-pip-version-check)
@@ -127,7 +160,17 @@ else
         else
             log "+ patch_cxx_std $src"
         fi
-        run env MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} MAX_JOBS=${MAX_JOBS:-2} \
+        if cuda_build; then
+            force_cuda=1
+            log "building mmcv's ops with CUDA ($CUDA_REASON)"
+        else
+            force_cuda=0
+            log "WARNING: building mmcv's ops for the CPU ONLY ($CUDA_REASON)."
+            log "WARNING: dense training on a GPU fails at the first RoIAlign / NMS with this mmcv. For GPUs,"
+            log "WARNING: run this script on a GPU node with the CUDA toolkit, or set FORCE_CUDA=1 (and"
+            log "WARNING: TORCH_CUDA_ARCH_LIST), or give a CUDA wheel of mmcv $MMCV_VERSION: MMCV_WHEELS=DIR make dense."
+        fi
+        run env MMCV_WITH_OPS=1 FORCE_CUDA=$force_cuda MAX_JOBS=${MAX_JOBS:-2} \
             "${PIP[@]}" --no-build-isolation --no-deps --force-reinstall "$src"
         if [ "$DRY_RUN" = 0 ] && ! mmcv_ok; then
             log "mmcv was built but its compiled ops do not import"; exit 1
@@ -138,6 +181,7 @@ fi
 run "${PIP[@]}" "${PACKAGES[@]}"
 
 if [ "$DRY_RUN" = 0 ]; then
+    mmcv_ok  # once more with everything installed; on a GPU machine this runs the CUDA ops
     "$PY" - <<'EOF'
 import mmcv, mmdet, mmengine, mmseg
 from mmcv.ops import RoIAlign, nms  # noqa: F401
