@@ -110,6 +110,28 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from pathlib import Path
+
+    from .config import ConfigError, deep_merge, load_method_configs, load_yaml, validate_against_schema
+    from .plan import format_plan, plan
+
+    config: dict = {}
+    for path in args.configfile:
+        config = deep_merge(config, load_yaml(path))
+    root = Path(__file__).resolve().parents[2]  # the repository: schemas and config/methods/
+    try:
+        validate_against_schema(config, root / "workflow/schemas/config.schema.yaml")
+        rows = plan(config, load_method_configs(root / "config/methods"), args.suite or None)
+    except (ConfigError, KeyError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.json:
+        print(json.dumps([vars(r) for r in rows], indent=2))
+    else:
+        print(format_plan(rows, config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpeft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=400)
     p.add_argument("--image-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("plan", help="jobs, samples and estimated GPU-hours of the benchmark, per suite and method")
+    p.add_argument("--configfile", nargs="+", default=["config/config.yaml", "config/benchmark.yaml"],
+                   help="configs merged in order (default: the cluster profile's, i.e. the full benchmark)")
+    p.add_argument("--suite", action="append", default=[], help="only this suite (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
 
     from .engine.pretrain import PretrainConfig
 

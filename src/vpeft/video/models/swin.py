@@ -204,7 +204,7 @@ class VideoSwinTransformer(nn.Module):
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed3d(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             self.layers.append(SwinStage3d(

@@ -93,7 +93,7 @@ class VideoVisionTransformer(nn.Module):
             self.register_buffer("time_embed", temporal_pos_scale * sinusoid_table(t, embed_dim).unsqueeze(0),
                                  persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # also under a meta device
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate,
                   attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer)

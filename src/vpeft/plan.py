@@ -1,0 +1,143 @@
+"""The cost of a benchmark before it is run: per suite and method, the jobs, the images (or clips)
+trained and evaluated, and the GPU-hours they take.
+
+Work comes from the config (split sizes, epochs, iterations, test views, methods x tasks x seeds). Time
+comes from one of two sources, per backbone:
+  * measured: `cost_plan.throughput.<backbone>` (training and evaluation samples per second on one GPU,
+    e.g. from `bench/run.py --device cuda`);
+  * estimated: the backbone's forward FLOPs per sample, counted by torch's FlopCounterMode on a
+    meta-device model at the suite's input (nothing is allocated), x `train_flops_factor` for a training
+    step, divided by the GPU's peak x an assumed utilisation (`cost_plan.gpu`, `cost_plan.mfu`).
+Estimates leave out what the method itself adds (small next to the backbone), the selection / search
+stages of GPS, SCT and NOAH, and for dense suites the neck and heads (so they are lower bounds).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .config import resolve_suites, suite_methods
+
+
+@dataclass
+class RunCost:
+    suite: str
+    method: str
+    jobs: int
+    train_samples: int  # per job: samples x epochs (x repeats)
+    eval_samples: int   # per job: test samples x views
+    gpu_hours: float    # all jobs
+    source: str         # measured | estimated
+
+
+def _split_size(suite: dict, task: str, split: str, dataset_sizes: dict) -> int:
+    sizes = {**(suite.get("sizes") or {}), **(suite["tasks"][task].get("sizes") or {})}
+    known = {**dataset_sizes.get(suite.get("data_suite", ""), {}).get(task, {}), **sizes}
+    if split == "train800val200" and split not in known and "train800" in known and "val200" in known:
+        return known["train800"] + known["val200"]
+    if split not in known:
+        raise KeyError(f"no size for split '{split}' of {suite.get('data_suite')}/{task}: add it to "
+                       f"cost_plan.dataset_sizes or the suite's sizes")
+    return known[split]
+
+
+def _work(suite: dict, task: str, training: dict, protocol: dict, dataset_sizes: dict):
+    """(train samples, eval samples) of one run."""
+    train = _split_size(suite, task, protocol["train_split"], dataset_sizes)
+    test = _split_size(suite, task, protocol["eval_split"], dataset_sizes)
+    data = suite.get("data") or {}
+    if suite["kind"] == "dense":
+        if data.get("max_iters"):  # iteration-based recipe (UperNet 160k): iterations x batch
+            return int(data["max_iters"]) * int(training["batch_size"]), test
+        return train * int(training["epochs"]) * int(data.get("repeat") or 1), test
+    views = int(data.get("test_clips", 1)) * int(data.get("test_crops", 1)) if suite["kind"] == "video" else 1
+    return train * int(training["epochs"]), test * views
+
+
+def _input_shape(config: dict, suite: dict) -> tuple[int, ...]:
+    size = config["backbones"][suite["backbone"]]["input_size"]
+    data = suite.get("data") or {}
+    if suite["kind"] == "video":
+        return (1, 3, int(data.get("num_frames", 8)), size, size)
+    if suite["kind"] == "dense":
+        scale = data.get("image_scale") or ([512, 512] if suite["layout"] == "ade20k" else
+                                            [1000, 600] if suite["layout"] == "voc" else [1333, 800])
+        long_side, short_side = (-(-int(s) // 32) * 32 for s in scale)  # padded to Swin's stride
+        return (1, 3, short_side, long_side)
+    return (1, 3, size, size)
+
+
+@functools.lru_cache(maxsize=None)
+def forward_flops(arch: str, shape: tuple[int, ...], model_kwargs: tuple = ()) -> int:
+    """FLOPs of one forward pass of `arch` on one sample of `shape`, on the meta device."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import backbones  # noqa: F401  (registers the demo architectures)
+
+    kwargs = dict(model_kwargs)
+    if len(shape) == 5:
+        from .video import models  # noqa: F401  (registers the video architectures)
+    elif shape[2] != shape[3] or shape[2] != 224:
+        kwargs.setdefault("img_size", tuple(shape[2:]))
+    with torch.device("meta"):
+        model = timm.create_model(arch.split(".")[0], pretrained=False, num_classes=0, **kwargs)
+        sample = torch.empty(shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(sample)
+    return counter.get_total_flops()
+
+
+def plan(config: dict, method_configs: dict, suites: list[str] | None = None) -> list[RunCost]:
+    from .config import resolve_run
+    from .dense.settings import resolve_dense_run
+
+    resolved = resolve_suites(config)
+    settings = config.get("cost_plan") or {}
+    peak = float(settings["gpu"]["bf16_tflops"]) * 1e12
+    mfu, factor = settings["mfu"], float(settings["train_flops_factor"])
+    measured = settings.get("throughput") or {}
+    dataset_sizes = settings.get("dataset_sizes") or {}
+    rows = []
+    for name in suites or config["default_suites"]:
+        suite = resolved[name]
+        backbone = config["backbones"][suite["backbone"]]
+        for method in suite_methods(name, suite, method_configs):
+            jobs, train_total, eval_total, seconds = 0, 0, 0, 0.0
+            for task in suite["tasks"]:
+                for seed in config["seeds"]:
+                    resolve = resolve_dense_run if suite["kind"] == "dense" else resolve_run
+                    run = resolve(config, resolved, method_configs, name, method, task, seed)
+                    train, test = _work(suite, task, run["training"], run["protocol"], dataset_sizes)
+                    if suite["backbone"] in measured:
+                        rate = measured[suite["backbone"]]
+                        seconds += train / rate["train"] + test / rate["eval"]
+                    else:
+                        flops = forward_flops(backbone["arch"], _input_shape(config, suite),
+                                              tuple(sorted((backbone.get("model_kwargs") or {}).items())))
+                        seconds += (train * factor * flops / (peak * mfu["train"])
+                                    + test * flops / (peak * mfu["eval"]))
+                    jobs += 1
+                    train_total, eval_total = train_total + train, eval_total + test
+            rows.append(RunCost(name, method, jobs, train_total // max(jobs, 1), eval_total // max(jobs, 1),
+                                seconds / 3600, "measured" if suite["backbone"] in measured else "estimated"))
+    return rows
+
+
+def format_plan(rows: list[RunCost], config: dict) -> str:
+    gpu = config["cost_plan"]["gpu"]["name"]
+    lines = [f"{'suite':<14} {'method':<14} {'jobs':>5} {'train samples/job':>18} {'eval samples/job':>17} "
+             f"{'GPU-hours':>10}  source"]
+    for suite in dict.fromkeys(r.suite for r in rows):
+        part = [r for r in rows if r.suite == suite]
+        for r in part:
+            lines.append(f"{r.suite:<14} {r.method:<14} {r.jobs:>5} {r.train_samples:>18,} {r.eval_samples:>17,} "
+                         f"{r.gpu_hours:>10.1f}  {r.source}")
+        lines.append(f"{suite + ' total':<29} {sum(r.jobs for r in part):>5} {'':>18} {'':>17} "
+                     f"{sum(r.gpu_hours for r in part):>10.1f}")
+    total = sum(r.gpu_hours for r in rows)
+    lines.append(f"{'all suites':<29} {sum(r.jobs for r in rows):>5} {'':>18} {'':>17} {total:>10.1f}  "
+                 f"= {total / 24:.1f} GPU-days on {gpu}")
+    return "\n".join(lines)
