@@ -132,7 +132,7 @@ def download(url: str | None, out: str | Path, *, sha256: str | None = None, loc
 
 
 def verify_file(path: str | Path, *, url: str | None, sha256: str | None, lock: str | Path | None,
-                what: str) -> str:
+                what: str, use: str = "extract") -> str:
     """Hash a file that is already here (downloaded earlier or placed by hand) and check it against the
     config or the lock file (recording it when neither knows it). Returns the sha256.
 
@@ -154,7 +154,7 @@ def verify_file(path: str | Path, *, url: str | None, sha256: str | None, lock: 
         verify_or_record(path, digest, config_sha256=sha256, lock_path=lock, key=source_key(url, path.name),
                          url=url, what=what)
     except ChecksumError as err:
-        raise DownloadError(f"{err}; refusing to extract it (delete it to download it again)") from None
+        raise DownloadError(f"{err}; refusing to {use} it (delete it to download it again)") from None
     if not cached:
         from .io import atomic_write_bytes
 

@@ -38,3 +38,22 @@ rule pretrain_demo_backbone:
 
 
 ruleorder: pretrain_demo_backbone > download_backbone
+
+
+# A checkpoint whose sha256 the config does not pin, downloaded or placed by hand, is checked against the
+# lock file (its first check records it there), before any run loads it.
+rule check_backbone:
+    input:
+        get_backbone_check_input,
+    output:
+        f"{RES}/index/backbones/{{backbone}}.sha256.json",
+    params:
+        backbone=get_backbone_check_params,
+    log:
+        "logs/backbones/check_{backbone}.log",
+    wildcard_constraints:
+        backbone=_alternatives(config["backbones"]),
+    conda:
+        ENV
+    script:
+        "../scripts/check_backbone.py"

@@ -93,8 +93,25 @@ def downloadable_checkpoints():
 
 
 def get_backbone_checkpoint(wildcards):
-    backbone = config["backbones"][SUITES[wildcards.suite]["backbone"]]
-    return [backbone["checkpoint"]] if backbone.get("checkpoint") else []
+    """The checkpoint a run loads and, where the config pins no sha256, its check against the lock file
+    (by check_backbone), so that a file placed by hand is held to the same record as a downloaded one."""
+    name = SUITES[wildcards.suite]["backbone"]
+    backbone = config["backbones"][name]
+    if not backbone.get("checkpoint"):
+        return []
+    if backbone.get("sha256"):  # checked against the config when loaded
+        return [backbone["checkpoint"]]
+    return [backbone["checkpoint"], f"{RES}/index/backbones/{name}.sha256.json"]
+
+
+def get_backbone_check_params(wildcards):
+    backbone = config["backbones"][wildcards.backbone]
+    return {"name": wildcards.backbone, "url": backbone.get("url"), "sha256": backbone.get("sha256"),
+            "lock": config.get("download_lock")}
+
+
+def get_backbone_check_input(wildcards):
+    return config["backbones"][wildcards.backbone]["checkpoint"]
 
 
 def get_download_params(wildcards):
