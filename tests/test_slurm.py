@@ -197,7 +197,9 @@ def test_smoke_run_through_the_slurm_profile_with_jobs_in_sacct(cluster, tmp_pat
     cmd = [*SNAKEMAKE, "--profile", str(ROOT / "profiles/slurm"), "--directory", str(tmp_path),
            "--configfile", str(smoke_config(tmp_path)), "--slurm-init-seconds-before-status-checks", "2",
            "--seconds-between-status-checks", "3", "--latency-wait", "5",
-           "--set-threads", "train_run=1", "select_parameters=1"]  # 2 real cores: one torch thread per run
+           "--set-threads", "train_run=1", "select_parameters=1",  # 2 real cores: one torch thread per run
+           # the embedded suite asks for no GPU (config job_resources); on the command line, as a user would
+           "--set-resources", "train_run:gpu=1", "select_parameters:gpu=1"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert (tmp_path / "reports/index.html").is_file()
@@ -211,5 +213,5 @@ def test_smoke_run_through_the_slurm_profile_with_jobs_in_sacct(cluster, tmp_pat
     assert jobs and all(state == "COMPLETED" for _, state, _, _ in jobs), sacct.stdout
     train = [job for job in jobs if "train_run" in job[2]]
     assert len(train) == 6, sacct.stdout  # (linear, lora) x 2 tasks + the scratch control's linear x 2
-    assert all("gres/gpu=1" in job[3] for job in train), sacct.stdout  # one GPU per training job
+    assert all("gres/gpu=1" in job[3] for job in train), sacct.stdout  # one GPU per training job (--gpus=1)
     assert any("check_task_data" in job[2] for job in jobs), sacct.stdout
