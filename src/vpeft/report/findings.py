@@ -32,9 +32,9 @@ def _pts(x: float) -> str:
 def add_findings(runs: pd.DataFrame, suites: dict[str, dict]) -> dict[str, dict]:
     """Return a copy of `suites` whose `notes` hold the measured comparisons.
 
-    Within a suite: each method's mean metric (top-1, AP, mIoU: what its runs report) against `linear`. Between suites that share their
-    data (`data_suite`) but differ in backbone: the same method's mean on both (e.g. pretrained vs
-    random-init linear probe).
+    Within a suite: each method's mean metric (top-1, AP, mIoU: what its runs report) against `linear`.
+    Between suites that share their data (`data_suite`) but differ in backbone: the same method's mean
+    on both (e.g. pretrained vs random-init linear probe).
     """
     suites = copy.deepcopy(suites)
     means = {name: _means(runs, name, info) for name, info in suites.items()}
@@ -46,8 +46,8 @@ def add_findings(runs: pd.DataFrame, suites: dict[str, dict]) -> dict[str, dict]
             if diffs:
                 # dense `linear` trains the neck and heads on the frozen backbone: no linear probe there
                 baseline = "the frozen backbone (linear)" if info.get("kind") == "dense" else "linear probing"
-                info["notes"].append(f"Mean {_metric(runs, name)} relative to {baseline} ({m['linear']:.1f}%): "
-                                     + ", ".join(diffs) + ".")
+                info["notes"].append(f"Mean {_metric(runs, name)} relative to {baseline} "
+                                     f"({m['linear']:.1f}%): " + ", ".join(diffs) + ".")
         for other, other_info in suites.items():
             if other == name or other_info.get("data_suite") != info.get("data_suite"):
                 continue

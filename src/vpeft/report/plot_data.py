@@ -99,8 +99,8 @@ def _family(families: Mapping[str, Mapping[str, Any]], method: str) -> str | Non
     return (families.get(method) or {}).get("family")
 
 
-def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], methods: list[str], tasks: list[str],
-                    table: pd.DataFrame, metric_label: str) -> SuitePlotData:
+def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], methods: list[str],
+                    tasks: list[str], table: pd.DataFrame, metric_label: str) -> SuitePlotData:
     """An image / video suite: the table's task mean against its trainable parameters."""
     families = cfg.get("families") or {}
     marks, without = [], []
@@ -109,7 +109,8 @@ def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], metho
         if not (_finite(value) and _finite(params)):
             without.append(method)
             continue
-        marks.append(_mark(method, _family(families, method), value, params, seed_means(runs, name, method, tasks)))
+        seeds = seed_means(runs, name, method, tasks)
+        marks.append(_mark(method, _family(families, method), value, params, seeds))
     data = SuitePlotData(name, str(cfg.get("title") or name), f"mean {metric_label}",
                          "trainable parameters (classification head excluded)", marks, without)
     key = str(cfg.get("published") or "")
@@ -139,8 +140,8 @@ def dense_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], metho
     metric = columns[0][1] if columns else None
     tasks = [t for t, m in columns if m == metric]
     label = metric_titles.get(metric, metric) if metric else "metric"
-    data = SuitePlotData(name, str(cfg.get("title") or name), f"{label} (%)" + (", mean over tasks" if len(tasks) > 1
-                                                                                else ""),
+    axis = f"{label} (%)" + (", mean over tasks" if len(tasks) > 1 else "")
+    data = SuitePlotData(name, str(cfg.get("title") or name), axis,
                          "trainable backbone parameters (neck and heads excluded)", [], [])
     for method in methods:
         values = [table.loc[method, f"{t}:{metric}"] for t in tasks]

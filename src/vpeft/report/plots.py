@@ -21,7 +21,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from vpeft.report.families import FAMILY_TITLES, family_colour, family_title
 from vpeft.report.plot_data import Mark, SuitePlotData
@@ -128,12 +128,16 @@ def _tradeoff(data: SuitePlotData, plot_id: str) -> Plot:
     xs = [m.params for m in data.marks] + [p.params for p in data.published]
     linthresh = _linthresh(xs)
     ax.set_xscale("symlog", linthresh=linthresh, linscale=0.4)
-    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=10))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _params_text(v) if v >= 0 else ""))
-    ax.set_xlim(-0.5 * linthresh, max(xs + [linthresh]) * 3)
+    right = max(xs + [linthresh]) * 3
+    decades = range(round(math.log10(linthresh)), math.floor(math.log10(right)) + 1)
+    ax.xaxis.set_major_locator(FixedLocator([0.0] + [10.0 ** k for k in decades]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _params_text(v)))
+    ax.set_xlim(-0.5 * linthresh, right)
     front = pareto_front(data.marks)
-    line = ax.plot([m.params for m in front], [m.value for m in front], drawstyle="steps-post", color="#888888",
-                   linestyle="--", linewidth=1, zorder=1)[0]
+    # the staircase runs on to the right edge: everything below it and to its right is beaten
+    line = ax.plot([m.params for m in front] + [right], [m.value for m in front] + [front[-1].value],
+                   drawstyle="steps-post", color="#888888", linestyle="--", linewidth=1, zorder=1)[0]
     line.set_gid(f"{plot_id}-pareto")
     for mark in data.marks:
         colour = family_colour(mark.family)
@@ -165,10 +169,11 @@ def _tradeoff(data: SuitePlotData, plot_id: str) -> Plot:
     desc = "; ".join(f"{m.method} ({family_title(m.family)}): {_value_text(m)} at {m.params:,.0f} parameters"
                      for m in data.marks)
     if data.published:
-        desc += ". Published: " + "; ".join(f"{p.label}: {p.value:.1f} at {p.params:,.0f}" for p in data.published)
-    caption = (f"{data.metric[0].upper()}{data.metric[1:]} against {data.params_label} (log axis; 0 at the left "
-               "edge). One mark per method, "
-               "coloured by family; up and to the left is better. The dashed staircase is the Pareto front: "
+        desc += ". Published: " + "; ".join(f"{p.label}: {p.value:.1f} at {p.params:,.0f}"
+                                            for p in data.published)
+    caption = (f"{data.metric[0].upper()}{data.metric[1:]} against {data.params_label} (log axis; 0 at the "
+               "left edge). One mark per method, coloured by family; up and to the left is better. "
+               "The dashed staircase is the Pareto front: "
                "methods that no other method beats with fewer or as many parameters. "
                f"On the front here: {', '.join(m.method for m in front)}.")
     if any(not math.isnan(m.error) for m in data.marks):
@@ -199,28 +204,27 @@ def _ppt(data: SuitePlotData, plot_id: str) -> Plot:
     ax = fig.add_subplot()
     rows = range(len(marks))
     errors = [0.0 if math.isnan(m.ppt_error) else m.ppt_error for m in marks]
-    bars = ax.barh(list(rows), [m.ppt for m in marks], color=[family_colour(m.family) for m in marks], height=0.65,
-                   xerr=errors if any(errors) else None, error_kw={"elinewidth": 1, "capsize": 2,
-                                                                     "ecolor": "#333333"})
-    for bar, mark in zip(bars.patches, marks):
+    bars = ax.barh(list(rows), [m.ppt for m in marks], color=[family_colour(m.family) for m in marks],
+                   height=0.65, xerr=errors if any(errors) else None,
+                   error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
+    for bar, mark, error in zip(bars.patches, marks, errors):
         bar.set_gid(f"{plot_id}-mark-{mark.method}")
-        end = bar.get_width() + (0.0 if math.isnan(mark.ppt_error) else mark.ppt_error)
-        ax.annotate(f"{mark.ppt:.2f}", (end, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7)
+        ax.annotate(f"{mark.ppt:.2f}", (bar.get_width() + error, bar.get_y() + bar.get_height() / 2),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(list(rows), [m.method for m in marks])
     ax.invert_yaxis()
-    ax.set_xlim(0, max(m.ppt + (0.0 if math.isnan(m.ppt_error) else m.ppt_error) for m in marks) * 1.15 or 1.0)
+    ax.set_xlim(0, max(m.ppt + e for m, e in zip(marks, errors)) * 1.15 or 1.0)
     ax.set_xlabel("PPT (higher is better)")
     ax.grid(True, axis="x", color="#e5e5e5", linewidth=0.6)
     ax.set_axisbelow(True)
     _families_legend(ax, marks, [])
     best = max(marks, key=lambda m: m.ppt)
     title = f"{data.title}: PPT per method"
-    desc = "; ".join(f"{m.method}: PPT {m.ppt:.2f}" + (f" \u00b1 {m.ppt_error:.2f}" if not math.isnan(m.ppt_error)
-                                                        else "") for m in marks)
-    caption = ("PPT = metric \u00d7 exp(\u2212log10(params / 10^7 + 1)): one number that rewards the metric and "
-               f"penalises parameters (higher is better); bars in table order, coloured by family. Highest here: "
-               f"{best.method} ({best.ppt:.2f}).")
+    desc = "; ".join(f"{m.method}: PPT {m.ppt:.2f}" + (f" \u00b1 {e:.2f}" if e else "")
+                     for m, e in zip(marks, errors))
+    caption = ("PPT = metric \u00d7 exp(\u2212log10(params / 10^7 + 1)): one number that rewards the metric "
+               "and penalises parameters (higher is better); bars in table order, coloured by family. "
+               f"Highest here: {best.method} ({best.ppt:.2f}).")
     if any(errors):
         caption += " Error bars: sample standard deviation over seeds."
     svg = _svg(fig, plot_id, title, desc + ".")
