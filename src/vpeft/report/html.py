@@ -1,4 +1,5 @@
-"""Render the benchmark report as one self-contained HTML file (inline CSS, no scripts, no network).
+"""Render the benchmark report as one self-contained HTML file (inline CSS and SVG plots, no scripts,
+no network).
 
 :func:`build_context` turns the run frame from :func:`vpeft.report.tables.load_runs` plus a suite
 description into plain, already-formatted values; :func:`render_report` feeds them to the Jinja2
@@ -327,7 +328,8 @@ def _plots_context(data) -> list[dict[str, Any]]:
             for p in suite_plots(data)]
 
 
-def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
+def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
+                   plots: bool = True) -> dict[str, Any]:
     families = cfg.get("families") or {}
     methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])

@@ -139,6 +139,9 @@ def _tradeoff(data: SuitePlotData, plot_id: str) -> Plot:
     line = ax.plot([m.params for m in front] + [right], [m.value for m in front] + [front[-1].value],
                    drawstyle="steps-post", color="#888888", linestyle="--", linewidth=1, zorder=1)[0]
     line.set_gid(f"{plot_id}-pareto")
+    # neighbours along the axis get their labels above and below in turn, so close marks stay readable
+    label_dy = {m.method: (3 if i % 2 == 0 else -9)
+                for i, m in enumerate(sorted(data.marks, key=lambda m: (m.params, m.value)))}
     for mark in data.marks:
         colour = family_colour(mark.family)
         if not math.isnan(mark.error):
@@ -149,7 +152,8 @@ def _tradeoff(data: SuitePlotData, plot_id: str) -> Plot:
         dot = ax.scatter([mark.params], [mark.value], s=36, color=colour, edgecolors="white", linewidths=0.6,
                          zorder=3)
         dot.set_gid(f"{plot_id}-mark-{mark.method}")
-        ax.annotate(mark.method, (mark.params, mark.value), xytext=(4, 3), textcoords="offset points",
+        ax.annotate(mark.method, (mark.params, mark.value), xytext=(4, label_dy[mark.method]),
+                    textcoords="offset points",
                     fontsize=7, color="#333333")
     for pub in data.published:
         dot = ax.scatter([pub.params], [pub.value], s=34, marker="D", facecolors="none",
