@@ -9,7 +9,7 @@ CORES ?= all
 # A folder with a prebuilt mmcv wheel (see tools/install_dense.sh); pip's PIP_FIND_LINKS works too.
 MMCV_WHEELS ?= $(wildcard ../shared/wheels)
 
-.PHONY: benchmark test lint clean-results dense
+.PHONY: benchmark test lint clean-results dense browser
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ benchmark: $(STAMP) $(DENSE_STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
 	@echo "report: $(CURDIR)/reports/index.html"
 
-## Install (once), then run the test suite (unit tests, Snakemake lint, end-to-end smoke run)
-test: $(STAMP) $(DENSE_STAMP)
+## Debian's chromium for the report's browser test (returns at once when it is installed)
+browser:
+	tools/install_browser.sh
+
+## Install (once), then run the test suite (unit tests, Snakemake lint, end-to-end smoke run, browser check)
+test: $(STAMP) $(DENSE_STAMP) browser
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

@@ -4,8 +4,8 @@ Dense suites (`kind: dense`) name a `layout` (coco, voc, ade20k), which fixes th
 segmentation, detection, semantic segmentation), the recipe of the dense papers and the metric, and a
 `protocol`. The real datasets' protocols are data below unless `config.protocols` defines them
 (which wins): COCO 2017 train -> val, VOC 2007+2012 trainval -> VOC 2007 test, ADE20K training ->
-validation. The embedded suites use the config's `vtab1k` protocol (train800val200 -> test), whose
-split names the generator writes.
+validation. The embedded suites use `dense-mini`: train on the generated train800val200, evaluate the
+final model on the generated test split, no augmentation (the split names the generator writes).
 
 Recipe settings that the image track's `training:` keys cannot say (schedule milestones, warmup
 iterations, iteration-based training, image scale, head width) live in the suite's `data:` block and
@@ -21,6 +21,7 @@ DENSE_PROTOCOLS = {
     "coco2017": {"train_split": "train2017", "eval_split": "val2017", "augmentation": "paper"},
     "voc0712": {"train_split": "trainval0712", "eval_split": "test2007", "augmentation": "paper"},
     "ade20k": {"train_split": "training", "eval_split": "validation", "augmentation": "paper"},
+    "dense-mini": {"train_split": "train800val200", "eval_split": "test", "augmentation": "none"},
 }
 
 #: Layout -> (task kind, recipe, primary metric, all metrics it reports).

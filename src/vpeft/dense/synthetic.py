@@ -13,8 +13,8 @@
   class names in `classes.txt` (one per line).
 
 Split names are VTAB's, as for the image track's embedded suites (the config's `sizes`: `train800`,
-`val200`, `test`), plus their union `train800val200` (copies of both), so the same protocols apply
-(`vtab1k`: train800val200 -> test; `val`: train800 -> val200).
+`val200`, `test`), plus their union `train800val200` (copies of both), so the same split protocols apply
+(`dense-mini`, the embedded dense suites' own: train800val200 -> test; `val`: train800 -> val200).
 """
 
 from __future__ import annotations

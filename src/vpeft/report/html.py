@@ -1,4 +1,5 @@
-"""Render the benchmark report as one self-contained HTML file (inline CSS, no scripts, no network).
+"""Render the benchmark report as one self-contained HTML file (inline CSS and SVG plots, no scripts,
+no network).
 
 :func:`build_context` turns the run frame from :func:`vpeft.report.tables.load_runs` plus a suite
 description into plain, already-formatted values; :func:`render_report` feeds them to the Jinja2
@@ -25,9 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 import pandas as pd
 
 from vpeft.metrics import round_half_up
+from vpeft.report.families import FAMILY_TITLES
+from vpeft.report.metric_labels import DENSE_EVALUATORS, DENSE_METRICS, metric_name
+from vpeft.report.plot_data import dense_plot_data, image_plot_data
+from vpeft.report.plots import suite_plots
 from vpeft.report.published import (
     DENSE_SOURCE,
     DENSE_TABLES,
@@ -43,7 +49,6 @@ __all__ = ["build_context", "format_seconds", "human_params", "render_html", "re
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _TEMPLATE_NAME = "index.html.j2"
-_METRIC_LABELS = {"top1": "top-1 accuracy (%)"}
 _MINUS = "\u2212"
 
 
@@ -192,7 +197,7 @@ def _is_best(value: float, best: float | None) -> bool:
 def _metric_label(names: list[str]) -> str:
     if not names:
         return "top-1 accuracy (%)"
-    return ", ".join(_METRIC_LABELS.get(n, f"{n} (%)") for n in names)
+    return ", ".join(f"{metric_name(n)} (%)" for n in names)
 
 
 def _published_rows(
@@ -307,17 +312,6 @@ def _published_rows(
     return rows, notes
 
 
-#: Family headings of the method table, in table order (keys are `PeftMethod.category`).
-FAMILY_TITLES = {
-    "baseline": "Baselines",
-    "partial": "Partial tuning (selective)",
-    "addition": "Addition (adapters, prompts, prefixes)",
-    "reparameterization": "Reparameterization",
-    "side": "Side-tuning",
-    "unified": "Unified",
-}
-
-
 def _by_family(methods: list[str], families: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Methods grouped by family (stable within a family); unknown families go last."""
     order = list(FAMILY_TITLES)
@@ -329,7 +323,13 @@ def _by_family(methods: list[str], families: Mapping[str, Mapping[str, Any]]) ->
     return sorted(methods, key=key)
 
 
-def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _plots_context(data) -> list[dict[str, Any]]:
+    return [{"id": p.id, "kind": p.kind, "caption": p.caption, "svg": Markup(p.svg), "n_marks": p.n_marks}
+            for p in suite_plots(data)]
+
+
+def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
+                   plots: bool = True) -> dict[str, Any]:
     families = cfg.get("families") or {}
     methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])
@@ -447,13 +447,20 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dic
     if len(run_archs) > 1:
         checks.append(f"Run files use more than one backbone: {', '.join(run_archs)}.")
 
+    metric_names = _distinct(ok_runs["metric_name"]) if len(ok_runs) else []
+    plot_list = []
+    if plots:
+        short = ", ".join(metric_name(n) for n in metric_names) or metric_name(None)
+        plot_list = _plots_context(image_plot_data(runs, name, cfg, methods, tasks, table, f"{short} (%)"))
     return {
         "name": name,
         "title": cfg.get("title") or name,
+        "protocol_splits": ", ".join(_distinct(suite_runs["protocol_splits"])) if len(suite_runs) else "",
         "kind": cfg.get("kind") or "image",
         "protocol": cfg.get("protocol") or (", ".join(run_protocols) if run_protocols else "not stated"),
         "backbone": cfg.get("backbone") or (", ".join(run_archs) if run_archs else "not stated"),
-        "metric": _metric_label(_distinct(ok_runs["metric_name"]) if len(ok_runs) else []),
+        "metric": _metric_label(metric_names),
+        "plots": plot_list,
         "notes": [str(n) for n in (cfg.get("notes") or [])],
         "checks": checks,
         "tasks": tasks,
@@ -471,12 +478,6 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dic
 # --------------------------------------------------------------------------------------------
 # dense suites: several metrics per task (box AP, mask AP, mIoU), PPT per metric, training memory
 # --------------------------------------------------------------------------------------------
-
-#: Dense metrics in table order, with their column labels.
-DENSE_METRICS = {"box_ap": "AP box", "mask_ap": "AP mask", "box_ap50": "AP box@0.5", "miou": "mIoU"}
-_DENSE_EVALUATORS = {"box_ap": "COCO AP@[.5:.95], pycocotools COCOeval", "mask_ap": "COCO AP@[.5:.95]",
-                     "box_ap50": "VOC mAP@0.5", "miou": "mean IoU"}
-
 
 def _dense_columns(runs: pd.DataFrame, name: str, tasks: list[str], published: str | None) -> list[tuple[str, str]]:
     """(task, metric) columns: the metrics the suite's ok runs report, else the published table's."""
@@ -540,7 +541,7 @@ def _dense_published_rows(key: str, methods: list[str], columns: list[tuple[str,
 
 def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A dense suite: the image context's shared parts (failures, cost, checks) plus the dense table."""
-    base = _suite_context(runs, name, {**cfg, "published": None})
+    base = _suite_context(runs, name, {**cfg, "published": None}, plots=False)
     families = cfg.get("families") or {}
     methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])
@@ -588,10 +589,11 @@ def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) 
         row["published"] = published_rows.get(row["method"])
     labels = [DENSE_METRICS.get(m, m) if len(tasks) == 1 else f"{t} \u00b7 {DENSE_METRICS.get(m, m)}"
               for t, m in columns]
-    metric_text = ", ".join(dict.fromkeys(f"{DENSE_METRICS.get(m, m)} ({_DENSE_EVALUATORS.get(m, m)}, %)"
+    metric_text = ", ".join(dict.fromkeys(f"{DENSE_METRICS.get(m, m)} ({DENSE_EVALUATORS.get(m, m)}, %)"
                                           for _, m in columns))
     return {**base, "kind": "dense", "metric": metric_text or base["metric"], "columns": labels, "rows": rows,
-            "has_published": bool(published_rows), "published_notes": published_notes}
+            "has_published": bool(published_rows), "published_notes": published_notes,
+            "plots": _plots_context(dense_plot_data(runs, name, cfg, methods, columns, table, DENSE_METRICS))}
 
 
 def build_context(

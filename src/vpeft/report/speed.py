@@ -12,6 +12,16 @@ from pathlib import Path
 BENCH_SCHEMA = "vpeft.bench/1"
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository that holds it (the nearest folder above with a Snakefile or
+    .git), so the report never shows where the machine that built it keeps its checkout."""
+    path = path.resolve()
+    for parent in path.parents:
+        if (parent / "Snakefile").is_file() or (parent / ".git").exists():
+            return path.relative_to(parent).as_posix()
+    return path.name
+
+
 def load_speed_benchmark(path: str | Path) -> dict:
     path = Path(path)
     data = json.loads(path.read_text())
@@ -25,7 +35,7 @@ def load_speed_benchmark(path: str | Path) -> dict:
                                          hardware.get("cuda") or "no GPU") if v)
     args = data.get("args") or {}
     return {
-        "path": str(path),
+        "path": repo_relative(path),
         "machine": machine or "not recorded",
         "commit": str(prov.get("git_commit") or prov.get("git") or "not recorded")[:12],
         "created": str(prov.get("created") or prov.get("time") or "not recorded"),

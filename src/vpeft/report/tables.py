@@ -44,7 +44,8 @@ __all__ = [
 RUN_COLUMNS: tuple[str, ...] = (
     "suite", "task", "method", "seed", "status", "metric", "metric_name", "metrics",
     "params", "params_with_head", "images_per_second", "peak_memory_mb", "wall_seconds",
-    "train_seconds", "eval_seconds", "epochs", "protocol", "backbone", "backbone_arch", "error", "path",
+    "train_seconds", "eval_seconds", "epochs", "protocol", "protocol_splits", "backbone", "backbone_arch",
+    "error", "path",
     "vpeft_version", "git_commit", "git_dirty", "python", "packages", "hardware", "threads", "created",
 )  # fmt: skip
 
@@ -155,6 +156,9 @@ def _read_run(path: Path) -> dict[str, Any]:
     row["wall_seconds"] = sum(timed) if timed else math.nan
     row["epochs"] = _number(_get(data, "train", "epochs"))
     row["protocol"] = _get(data, "protocol", "name")
+    train_split, eval_split = _get(data, "protocol", "train_split"), _get(data, "protocol", "eval_split")
+    if isinstance(train_split, str) and isinstance(eval_split, str):
+        row["protocol_splits"] = f"trained on {train_split}, final model evaluated on {eval_split}"
     row["backbone"] = _get(data, "config", "backbone", "name")
     row["backbone_arch"] = _get(data, "config", "backbone", "arch")
 
@@ -181,7 +185,8 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     metrics as fractions, for tracks with several, else None), ``params`` (trainable,
     head excluded), ``params_with_head``, ``images_per_second``, ``peak_memory_mb``,
     ``wall_seconds`` (train + eval), ``train_seconds``, ``eval_seconds``, ``epochs``, ``protocol``
-    (protocol name), ``backbone`` (config name), ``backbone_arch``, ``error``, ``path`` and the
+    (protocol name), ``protocol_splits`` (e.g. "trained on train800val200, final model evaluated on test"),
+    ``backbone`` (config name), ``backbone_arch``, ``error``, ``path`` and the
     provenance fields ``vpeft_version, git_commit, git_dirty, python, packages`` (JSON text),
     ``hardware`` (JSON text), ``threads, created``.
 
@@ -367,7 +372,7 @@ def suite_table(
     return table
 
 
-def _run_metric(row, metric: str) -> float:
+def run_metric(row, metric: str) -> float:
     """One named metric of an ok run, in % (its `metrics` first; the primary `metric` by name)."""
     if isinstance(row.metrics, str):
         value = json.loads(row.metrics).get(metric)
@@ -395,7 +400,7 @@ def dense_table(runs: pd.DataFrame, suite: str, methods: list[str], columns: lis
         mine = selected[selected["method"] == method] if len(selected) else selected
         row: dict[str, Any] = {}
         for task, metric in columns:
-            values = [v for r in mine[mine["task"] == task].itertuples() if not math.isnan(v := _run_metric(r, metric))]
+            values = [v for r in mine[mine["task"] == task].itertuples() if not math.isnan(v := run_metric(r, metric))]
             row[f"{task}:{metric}"] = sum(values) / len(values) if values else math.nan
             row[f"{task}:{metric}_std"] = _sample_std(values)
         own = cells[cells["method"] == method]
