@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..artifacts import save_trained_tensors
 from ..backbones import BackboneSpec, create_backbone
 from ..data.layouts import get_layout
 from ..io import atomic_write_json
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
-from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
+from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA, TRAINED_TENSORS
 from .feature_cache import MODES as FEATURE_CACHE_MODES
 from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
 from .selection import compute_selection, load_selection, selection_digest
@@ -368,6 +369,10 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         })
 
     cache = forward = train_loader = None  # release the stored features before evaluation
+    # Kept before merging (the method's own tensors) and before metrics.json (the "done" marker).
+    save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
+                         run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
+                         selection=selection, fingerprint=fingerprint)
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()
