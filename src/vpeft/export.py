@@ -62,6 +62,7 @@ class LoadedRun:
     meta: dict
     metrics: dict | None
     merged: bool
+    base_dir: Path = Path(".")
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,9 @@ class LoadedRun:
 
     def evaluate(self, *, task_dir: str | Path | None = None, device: str = "cpu") -> float:
         """Top-1 of the model on the run's evaluation split, with the engine's loader and settings.
-        `task_dir` overrides the task folder recorded by the run (relative paths are the workflow's)."""
+        The run's data paths are read relative to `base_dir` (as the workflow did); `task_dir`
+        overrides the task folder (relative to the current folder)."""
+        import contextlib
         from dataclasses import replace
 
         from torch.utils.data import DataLoader
@@ -79,13 +82,15 @@ class LoadedRun:
         from .data.layouts import get_layout
         from .engine.train import autocast_context, evaluate
 
-        run = replace(self.run, task_dir=str(task_dir)) if task_dir is not None else self.run
-        eval_set = get_layout(run.layout).eval_dataset(run, self.spec, self.training)
-        views = int(getattr(eval_set, "views", 1) or 1)
-        loader = DataLoader(eval_set, batch_size=max(1, self.training.eval_batch_size // views), shuffle=False)
-        self.model.to(device)
-        accuracy, _ = evaluate(self.model, loader, torch.device(device), views=views,
-                               autocast=autocast_context(torch.device(device), self.training.precision))
+        run = replace(self.run, task_dir=str(Path(task_dir).resolve())) if task_dir is not None else self.run
+        dev = torch.device(device)
+        with contextlib.chdir(self.base_dir):
+            eval_set = get_layout(run.layout).eval_dataset(run, self.spec, self.training)
+            views = int(getattr(eval_set, "views", 1) or 1)
+            loader = DataLoader(eval_set, batch_size=max(1, self.training.eval_batch_size // views), shuffle=False)
+            self.model.to(dev)
+            accuracy, _ = evaluate(self.model, loader, dev, views=views,
+                                   autocast=autocast_context(dev, self.training.precision))
         return accuracy
 
 
@@ -107,6 +112,9 @@ def load_run(run_dir: str | Path, *, base_dir: str | Path = ".", merge: bool | N
     if metrics is not None and metrics.get("config", {}).get("fingerprint") != meta.get("fingerprint"):
         raise ArtifactError(f"{run_dir / TRAINED_TENSORS} was written by other settings than {metrics_path}; "
                             f"rerun the run")
+    if meta.get("track") == "dense":
+        raise ArtifactError(f"{run_dir} is a dense run: load_run rebuilds image and video runs; rebuild a dense "
+                            f"model with mmengine from its config.py and load {TRAINED_TENSORS} into it")
     run = RunConfig.from_dict(meta["run"])
     tc = TrainingConfig.from_dict(run.training)
     seed_everything(run.seed)  # as the engine does first: same random-init backbone, same head init
@@ -126,7 +134,7 @@ def load_run(run_dir: str | Path, *, base_dir: str | Path = ".", merge: bool | N
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedRun(run_dir=run_dir, model=model, method=method, run=run, training=tc, spec=spec, meta=meta,
-                     metrics=metrics, merged=bool(merge))
+                     metrics=metrics, merged=bool(merge), base_dir=Path(base_dir))
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *,

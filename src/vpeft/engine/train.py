@@ -29,6 +29,7 @@ from ..artifacts import save_trained_tensors
 from ..backbones import BackboneSpec, create_backbone
 from ..data.layouts import get_layout
 from ..io import atomic_write_json
+from ..logs import eta
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
@@ -358,8 +359,9 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         entry = {"epoch": epoch + 1, "loss": loss_sum / count, "lr": optimizer.param_groups[0]["lr"],
                  "train_top1": correct / count, "seconds": round(seconds, 3)}
         history.append(entry)
-        log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s", epoch + 1, tc.epochs,
-                 entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9))
+        log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s  %s", epoch + 1, tc.epochs,
+                 entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9),
+                 eta(epoch + 1, tc.epochs, train_seconds))
         _save_checkpoint(checkpoint_dir, {
             "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
             "train_seconds": train_seconds, "seen": seen,
