@@ -203,9 +203,12 @@ def test_load_run_refuses_a_changed_backbone_checkpoint_and_a_run_without_tensor
         load_run(tmp_path / "run")
 
 
-def test_random_init_backbone_is_rebuilt_from_the_seed(vtab_task, tmp_path):
+def test_random_init_backbone_is_rebuilt_from_the_seed(vtab_task, tmp_path, capsys):
     metrics = train(vtab_task, tmp_path / "run", "adapter", checkpoint=None)
     with safe_open(str(tmp_path / "run/trained.safetensors"), framework="pt") as fh:
         meta = {k: json.loads(v) for k, v in fh.metadata().items()}
     assert meta["pretrained"] is False and meta["backbone_sha256"] is None
-    assert load_run(tmp_path / "run").evaluate() == metrics["metric"]["value"]
+    assert cli.main(["evaluate", str(tmp_path / "run")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["top1"] == printed["recorded"] == metrics["metric"]["value"]
+    assert printed["method"] == "adapter" and printed["split"] == "test"
