@@ -132,6 +132,33 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .artifacts import ArtifactError
+    from .export import ExportError, export_run
+
+    try:
+        path = export_run(args.run_dir, args.to, args.out, base_dir=args.base_dir)
+    except (ExportError, ArtifactError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(path)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .artifacts import ArtifactError
+    from .export import load_run
+
+    try:
+        loaded = load_run(args.run_dir, base_dir=args.base_dir)
+    except ArtifactError as err:
+        raise SystemExit(f"error: {err}") from None
+    value = loaded.evaluate(task_dir=args.task_dir)
+    recorded = (loaded.metrics or {}).get("metric", {}).get("value")
+    print(json.dumps({"run": str(args.run_dir), "method": loaded.method.name, "split": loaded.run.protocol["eval_split"],
+                      "top1": value, "recorded": recorded}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpeft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", action="append", default=[], help="only this suite (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("export", help="export a finished run's trained tensors to huggingface peft or timm")
+    p.add_argument("run_dir", help="the run's folder (results/<suite>/<method>/<task>/seed-<s>)")
+    p.add_argument("--to", required=True, choices=("peft", "timm"),
+                   help="peft: a LoRA adapter for PeftModel.from_pretrained; timm: the merged state dict")
+    p.add_argument("--out", "-o", default=None, help="output folder (default RUN_DIR/<format>/)")
+    p.add_argument("--base-dir", default=".", help="folder the workflow ran in (backbone paths are relative to it)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="rebuild a finished run from its trained tensors and re-evaluate it")
+    p.add_argument("run_dir")
+    p.add_argument("--base-dir", default=".", help="folder the workflow ran in (backbone paths are relative to it)")
+    p.add_argument("--task-dir", default=None, help="the task's data folder, if not where the run read it")
+    p.set_defaults(func=cmd_evaluate)
 
     from .engine.pretrain import PretrainConfig
 

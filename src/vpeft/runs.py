@@ -8,3 +8,7 @@ FAILURE_RECORD = "failed.json"
 
 #: Undeclared folder beside metrics.json with the latest per-epoch training state (for resume).
 CHECKPOINT_DIR = "checkpoint"
+
+#: Beside metrics.json: the run's trained tensors (method + head) and how to rebuild the model
+#: (vpeft.artifacts); written just before metrics.json.
+TRAINED_TENSORS = "trained.safetensors"

@@ -1,5 +1,6 @@
 # One training run = one method on one task with one seed. The only declared output is the small
-# metrics.json; the run writes it atomically at the very end.
+# metrics.json; the run writes it atomically at the very end, just after trained.safetensors (the
+# trained tensors, undeclared: vpeft.artifacts).
 
 
 rule train_run:

@@ -6,11 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.engine.train import run_training, with_searched_hparams  # noqa: E402
-from vpeft.logs import log_to_file  # noqa: E402
+from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
 run = snakemake.params.run
 if "subnet" in snakemake.input.keys():
     run = with_searched_hparams(run, snakemake.input.subnet)
-run_training(run, snakemake.output.metrics, threads=snakemake.threads,
-             selection_path=snakemake.input.get("selection"))
+metrics = run_training(run, snakemake.output.metrics, threads=snakemake.threads,
+                       selection_path=snakemake.input.get("selection"))
+console(finished_run_line(metrics))

@@ -6,8 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.dense.train import run_dense_training  # noqa: E402
-from vpeft.logs import log_to_file  # noqa: E402
+from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
-run_dense_training(snakemake.params.run, snakemake.output.metrics, index_path=snakemake.input.index,
-                   threads=snakemake.threads)
+metrics = run_dense_training(snakemake.params.run, snakemake.output.metrics, index_path=snakemake.input.index,
+                             threads=snakemake.threads)
+console(finished_run_line(metrics))

@@ -29,8 +29,10 @@ import shutil
 import time
 from pathlib import Path
 
+from ..artifacts import save_trained_tensors
 from ..io import atomic_write_bytes, atomic_write_json
-from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
+from ..logs import eta
+from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA, TRAINED_TENSORS
 
 log = logging.getLogger("vpeft.dense.train")
 
@@ -96,7 +98,11 @@ def _record_hook():
             if self._window:
                 lr = runner.optim_wrapper.get_lr()["lr"][0]
                 self.history.append({"step": what, "loss": sum(self._window) / len(self._window), "lr": lr})
-                log.info("%s: mean loss %.4f, lr %.2e", what, self.history[-1]["loss"], lr)
+                loop = runner.train_loop
+                done, total = ((runner.epoch + 1, loop.max_epochs) if type(loop).__name__.startswith("Epoch")
+                               else (runner.iter + 1, loop.max_iters))
+                log.info("%s: mean loss %.4f, lr %.2e, %s", what, self.history[-1]["loss"], lr,
+                         eta(min(done, total), total, time.perf_counter() - self._start))
                 self._window = []
 
         def after_train(self, runner):
@@ -189,6 +195,11 @@ def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads
     runner.train()
     peak, peak_kind = _peak_memory_mb(device)
 
+    # The backbone's method tensors, its output norms, the neck and the heads (the whole trained part),
+    # kept before merging and before metrics.json; config.py beside them rebuilds the detector.
+    save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, applied.method, run=run,
+                         checkpoint_sha=model.backbone.checkpoint_sha256, fingerprint=fingerprint,
+                         extra={"track": "dense", "mmengine_config": "config.py"})
     mergeable = bool(applied.method.mergeable)
     if mergeable:  # evaluate the plain architecture with the update folded in
         applied.merge_and_unload()

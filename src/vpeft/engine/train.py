@@ -25,13 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..artifacts import save_trained_tensors
 from ..backbones import BackboneSpec, create_backbone
 from ..data.layouts import get_layout
 from ..io import atomic_write_json
+from ..logs import eta
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
-from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA
+from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA, TRAINED_TENSORS
 from .feature_cache import MODES as FEATURE_CACHE_MODES
 from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
 from .optim import OPTIMIZERS, build_optimizer
@@ -363,8 +365,9 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         entry = {"epoch": epoch + 1, "loss": loss_sum / count, "lr": optimizer.param_groups[0]["lr"],
                  "train_top1": correct / count, "seconds": round(seconds, 3)}
         history.append(entry)
-        log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s", epoch + 1, tc.epochs,
-                 entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9))
+        log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s  %s", epoch + 1, tc.epochs,
+                 entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9),
+                 eta(epoch + 1, tc.epochs, train_seconds))
         _save_checkpoint(checkpoint_dir, {
             "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
             "train_seconds": train_seconds, "seen": seen,
@@ -374,6 +377,10 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         })
 
     cache = forward = train_loader = None  # release the stored features before evaluation
+    # Kept before merging (the method's own tensors) and before metrics.json (the "done" marker).
+    save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
+                         run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
+                         selection=selection, fingerprint=fingerprint)
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()
