@@ -35,7 +35,9 @@ def planned_jobs(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cluster_plan():
-    result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "-n", "--set-resources", "train_run:runtime=123"],
+    # without the workflow profile's `quiet: rules`, so the dry run prints every job's block
+    result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "--workflow-profile", "none", "-n",
+                             "--set-resources", "train_run:runtime=123"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     config = deep_merge(load_yaml(ROOT / "config/config.yaml"), load_yaml(ROOT / "config/benchmark.yaml"))
