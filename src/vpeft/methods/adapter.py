@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import variant
 from .registry import register_method
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -72,6 +73,8 @@ class Adapter(PeftMethod):
     config_cls = AdapterConfig
     mergeable = False
     paper = "Houlsby et al., ICML 2019 (placement as in NOAH / V-PETL)"
+    provenance = variant(
+        "one adapter on the MLP output as NOAH / V-PETL, GELU, no dropout, W_down Xavier")
 
     def inject(self, model):
         c = self.config

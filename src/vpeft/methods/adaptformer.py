@@ -42,6 +42,7 @@ from torch import nn
 
 from .adapter import output_dim
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import official_code
 from .registry import register_method
 
 _INPUTS = ("residual", "normed")
@@ -166,6 +167,10 @@ class AdaptFormer(PeftMethod):
     config_cls = AdaptFormerConfig
     mergeable = False
     paper = "Chen et al., AdaptFormer, NeurIPS 2022 (r = 8 as in NOAH's VTAB row)"
+    provenance = official_code(
+        "ShoufaChen/AdaptFormer", "6967d676c1a5e5a11be2e2768a6e5c604bb043ed",
+        "models/custom_modules.py", "models/adapter.py",
+        notes="r = 8 as NOAH's VTAB row (official image/video r = 64)")
 
     def inject(self, model):
         c = self.config

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import official_code
 from .registry import register_method
 
 _POOLS = ("avg", "model")
@@ -186,6 +187,9 @@ class _Dtl(PeftMethod):
     category = "side"
     mergeable = False
     paper = "Fu et al., DTL: Disentangled Transfer Learning for Visual Recognition, AAAI 2024"
+    provenance = official_code(
+        "heekhero/DTL", "bf6c51e679d7d2244f4c8337cb68a85b54e7c37a",
+        "models/vision_transformer.py")
 
     def _start(self, model: nn.Module) -> int:
         return resolve_start_block(self.config.start_block, len(_vit_blocks(model, self.name)), self.name)

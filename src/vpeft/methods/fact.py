@@ -55,6 +55,7 @@ from .base import (
     replace_module,
     transformer_blocks,
 )
+from .base import official_code
 from .registry import register_method
 
 #: Name of the module holding the shared factors on the model.
@@ -296,6 +297,9 @@ class FactTT(_Fact):
 
     name = "fact-tt"
     config_cls = FactTTConfig
+    provenance = official_code(
+        "JieShibo/PETL-ViT", "026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e",
+        "FacT/fact_tt.py")
     tucker = False
 
 
@@ -306,4 +310,7 @@ class FactTK(_Fact):
 
     name = "fact-tk"
     config_cls = FactTKConfig
+    provenance = official_code(
+        "JieShibo/PETL-ViT", "026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e",
+        "FacT/fact_tk.py")
     tucker = True

@@ -54,6 +54,7 @@ from .base import (
     match_modules,
     replace_module,
 )
+from .base import official_code
 from .registry import register_method
 
 _CANDIDATE_KINDS = (nn.Linear, nn.Conv2d)
@@ -201,6 +202,9 @@ class Gps(PeftMethod):
     config_cls = GpsConfig
     mergeable = True
     paper = "Zhang et al., Gradient-based Parameter Selection for Efficient Fine-Tuning, CVPR 2024"
+    provenance = official_code(
+        "FightingFighting/GPS", "72e0c31564f46b6b6a166b54a28f2a8f48cec031",
+        "utils/pruning.py", "train_gps.py")
     needs_selection = True
 
     def candidate_layers(self, model: nn.Module) -> list[str]:

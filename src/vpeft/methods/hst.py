@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import variant
 from .registry import register_method
 
 
@@ -354,6 +355,9 @@ class Hst(PeftMethod):
     mergeable = False
     needs_backbone_grad = False
     paper = "Lin et al., Hierarchical Side-Tuning for Vision Transformers, arXiv:2310.05393, 2023"
+    provenance = variant(
+        "meta tokens read out beside the frozen blocks, block norms frozen (side-tuning proper); "
+        "the official code feeds meta tokens into every block and trains the block norms")
 
     def inject(self, model):
         if hasattr(model, "hst_side"):

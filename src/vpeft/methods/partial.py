@@ -17,6 +17,7 @@ norm and are not part of Partial-1 there.
 from dataclasses import dataclass, field
 
 from .base import MethodConfig, MethodError, SelectiveMethod, transformer_blocks
+from .base import official_code
 from .registry import register_method
 
 #: top-level modules that hold the final encoder norm (timm ViT: `norm`, or `fc_norm` with avg pooling)
@@ -41,6 +42,9 @@ class Partial(SelectiveMethod):
     name = "partial"
     config_cls = PartialConfig
     paper = "Partial-k fine-tuning (VPT, ECCV 2022)"
+    provenance = official_code(
+        "KMnP/vpt", "4410440ec1b489f24f66b9fad3d9b10ff3443567", "src/models/vit_models.py",
+        notes="partial-k: last k blocks + final norm; on Swin k counts blocks")
 
     def _last_blocks(self, model):
         blocks = transformer_blocks(model)

@@ -392,6 +392,8 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dic
                 "family_title": FAMILY_TITLES.get(family, family) if family else None,
                 "mergeable": bool(info_family.get("mergeable")),
                 "reference": info_family.get("paper"),
+                "verified": info_family.get("verified"),
+                "verified_detail": info_family.get("verified_detail"),
                 "cells": row_cells,
                 "mean": _cell(_fmt(row["mean"]), title=incomplete, best=_is_best(row["mean"], best_mean)),
                 "groups": group_cells,
