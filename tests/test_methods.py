@@ -53,7 +53,8 @@ CASES = {
                     lambda: 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (D * H + H) + (H * D + D)
                     + 2 * D),  # last block + final norm as VPT's code: 7,089,408 (VPT prints no absolute count)
     "lora": Case({"rank": 4}, {"rank": 8}, lambda: L * 4 * D * 8, published=294_912),
-    "adapter": Case({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), published=156_768),
+    "adapter": Case({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), published=156_768,
+                    identity=False),  # NOAH's Xavier init: a small, not an exact, identity (see adapter.py)
     "vpt-shallow": Case({"num_tokens": 3}, {"num_tokens": 100}, lambda: 100 * D, published=76_800, identity=False),
     "vpt-deep": Case({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 10 * D, identity=False),
     "gps": Case({"top_k": 2}, {"top_k": 1}, lambda: (1 + 1) * (D + L * (3 * D + D + H + D))),  # K*rows + biases
