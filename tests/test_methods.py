@@ -79,7 +79,8 @@ CASES = {
                 lambda: (27 * 32 + 2 * 32 + 4 * 32 * 32 + 32 + 2 * 32)  # stem: conv, BN, conv, LN
                 + sum(9 * a * b + 3 * b for a, b in ((32, 48), (48, 64), (64, 72)))  # stage convs + LN
                 + sum(3 * (12 * d * d + 13 * d) + 2 * d + D * d + d + 3 * 2 * d for d in (32, 48, 64, 72))
-                + L * D,  # meta tokens; 727,976 (official code 764,840 incl. backbone LNs; see hst.py)
+                + L * D  # meta tokens: 727,976
+                + L * 4 * D,  # block LayerNorms, trained as the official code: 764,840 (see hst.py)
                 identity=False),
     "last": Case({"rank": 4}, {"rank": 16}, lambda: L * (4 * D * 16 + 3 * 16 + 3 * D)),  # 618,048; see last.py
     "u-tuning": Case({"num_tokens": 3, "ffn_tokens": 2}, {"num_tokens": 10}, lambda: L * 2 * D * 10),
