@@ -245,7 +245,8 @@ class Gps(PeftMethod):
     paper = "Zhang et al., Gradient-based Parameter Selection for Efficient Fine-Tuning, CVPR 2024"
     provenance = official_code(
         "FightingFighting/GPS", "72e0c31564f46b6b6a166b54a28f2a8f48cec031",
-        "utils/pruning.py", "train_gps.py")
+        "utils/pruning.py", "train_gps.py", "data/transforms_factory.py",
+        notes="selection in fp32 on resized tensors (official: AMP, crops of PIL images)")
     needs_selection = True
 
     def candidate_layers(self, model: nn.Module) -> list[str]:
