@@ -84,7 +84,9 @@ def test_methods_without_a_frozen_prefix_train_uncached(vtab_task, tmp_path):
 
 
 def test_hst_reads_the_image_and_is_not_cached(vtab_task, tmp_path):
-    m = run_training({**run_values(vtab_task, "hst", drop_path=0.0, epochs=1), "method_hparams": {}},
+    # the side-tuning variant: no trainable tensor in the blocks, but its hooks read the image
+    m = run_training({**run_values(vtab_task, "hst", drop_path=0.0, epochs=1),
+                      "method_hparams": {"meta_mode": "readout"}},
                      tmp_path / "metrics.json")
     assert m["train"]["feature_cache"]["used"] is False and "hooks" in m["train"]["feature_cache"]["reason"]
 

@@ -112,3 +112,22 @@ def test_bad_hyperparameters_are_named():
         build_method("adaptformer", {"branch_input": "pre"})
     with pytest.raises(MethodError, match="bottleneck must be >= 1"):
         build_method("adaptformer", {"bottleneck": 0})
+
+
+def test_branch_survives_drop_path_as_in_the_official_block():
+    """Official block: x = residual + drop_path(mlp(norm2(x))) + adapt_x. With drop_path_rate ~ 1 in
+    train mode the MLP term is dropped for (almost) every sample, the branch never is; a branch placed
+    inside DropPath would vanish (or be rescaled by 1/keep) with it."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
+                              depth=2, num_heads=3, num_classes=5, drop_path_rate=1.0)
+    apply_method(model, build_method("adaptformer", {"bottleneck": 4, "dropout": 0.0}))
+    _perturb(model)
+    model.train()
+    block = model.blocks[1]  # timm's linear decay: block 0 gets rate 0, the last block 1.0
+    x = torch.randn(4, 17, 48)
+    with torch.no_grad():
+        out = block(x)  # drop_path=1.0: attention and MLP terms are both dropped (keep prob 0)
+        branch = block.mlp.branch(x)  # the residual stream entering norm2 is x itself here
+    assert branch.abs().max() > 0
+    torch.testing.assert_close(out, x + branch, rtol=0, atol=1e-6)

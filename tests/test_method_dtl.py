@@ -90,18 +90,38 @@ def test_blocks_before_start_carry_no_graph_in_training_mode():
     assert flags == [False, False, True, True]
 
 
-def test_pooling_is_the_patch_token_mean_and_head_is_unchanged():
+@pytest.mark.parametrize("name", ["dtl", "dtl-plus"])
+def test_head_reads_the_norm_of_the_patch_token_mean_as_official(name):
+    """Official DTL: head(norm(x[:, prefix:].mean(1))) with the backbone's final LayerNorm; the
+    plausible mistake, mean(norm(tokens)), differs once the norm has a non-trivial affine part."""
     model = vit()
+    with torch.no_grad():  # a pretrained-like final norm: affine far from (1, 0)
+        model.norm.weight.uniform_(0.5, 2.0)
+        model.norm.bias.normal_(0, 1.0)
+    weight, bias, eps = model.norm.weight.clone(), model.norm.bias.clone(), model.norm.eps
     head_shape = model.head.weight.shape
-    apply_method(model, build_method("dtl", {"start_block": 2}))
+    apply_method(model, build_method(name, {"start_block": 2}))
+    randomise_side(model)
     assert model.global_pool == "avg" and model.head.weight.shape == head_shape
+    last = []
+    handle = model.blocks[-1].register_forward_hook(lambda m, a, out: last.append(out.detach()))
     x = images()
     with torch.no_grad():
-        tokens = model.forward_features(x)
-        torch.testing.assert_close(model(x), model.head(tokens[:, model.num_prefix_tokens:].mean(1)))
+        logits = model(x)
+    handle.remove()
+    patches = last[0][:, model.num_prefix_tokens:]
+    official = model.head(torch.nn.functional.layer_norm(patches.mean(1), (patches.shape[-1],), weight, bias, eps))
+    torch.testing.assert_close(logits, official)
+    mistaken = model.head(torch.nn.functional.layer_norm(patches, (patches.shape[-1],), weight, bias, eps).mean(1))
+    assert (logits - mistaken).abs().max() > 1e-3
+    assert not any(p.requires_grad for p in model.fc_norm.parameters())  # the moved norm stays frozen
+
+
+def test_pool_model_keeps_the_models_own_pooling_and_norm():
     kept = vit()
+    norm = kept.norm
     apply_method(kept, build_method("dtl", {"start_block": 2, "pool": "model"}))
-    assert kept.global_pool == "token"
+    assert kept.global_pool == "token" and kept.norm is norm
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -124,6 +144,7 @@ def test_dtl_plus_convolves_patch_tokens_only_and_counts_d_k_squared(k):
 def test_identity_at_init_and_hooks_can_be_removed():
     model = vit()
     reference = copy.deepcopy(model)
+    reference.norm = torch.nn.Identity()  # DTL moves the final norm after pooling: compare token streams
     apply_method(model, build_method("dtl-plus", {"start_block": 1}))
     x = images()
     with torch.no_grad():

@@ -107,6 +107,9 @@ def test_increments_follow_the_tensor_layout(name):
         for layer, layout, n in parts:
             delta = layer.delta_weight()
             for i in range(n):
+                if name == "fact-tk" and layer.mlp:  # official reshape: see the test below
+                    j += 1
+                    continue
                 if name == "fact-tk":
                     core = torch.einsum("abk,k->ab", f.C, f.P[:, j])
                 else:
@@ -120,6 +123,33 @@ def test_increments_follow_the_tensor_layout(name):
                 torch.testing.assert_close(layer(x), F.linear(x, layer.base_layer.weight + delta,
                                                               layer.base_layer.bias), rtol=1e-5, atol=1e-5)
         assert j == 12 * (b + 1)
+
+
+def test_tucker_mlp_increments_are_the_official_reshape():
+    """FacT-TK's fc1 / fc2 branches as the official `fact_forward_mlp` computes them: the r x r x 8
+    tensor C @ P[:, idx:idx + 8] split into two halves, each reshaped to r x 4r, the fc1 branch read
+    back as 4 r-wide groups and the fc2 input as 4 d-wide slices."""
+    model = small_vit().eval()
+    apply_method(model, build_method("fact-tk", {"rank": 4, "scale": 1.7, "dropout": 0.0}))
+    randomise(model)
+    f, r, d, s = model.fact, 4, 48, 1.7
+    for b, block in enumerate(model.blocks):
+        idx = 12 * b + 4  # after this block's q, k, v, o
+        core = f.C @ f.P[:, idx:idx + 8]  # (r, r, 8)
+        fc1_core, fc2_core = core[:, :, :4].reshape(r, 4 * r), core[:, :, 4:].reshape(r, 4 * r)
+        x = torch.randn(2, 5, d)
+        h = torch.randn(2, 5, 4 * d)
+        with torch.no_grad():
+            fc1_branch = ((x @ f.U.t() @ fc1_core).reshape(2, 5, 4, r) @ f.V.t()).reshape(2, 5, 4 * d) * s
+            fc2_branch = ((h.reshape(2, 5, 4, d) @ f.U.t()).reshape(2, 5, 4 * r) @ fc2_core.t()) @ f.V.t() * s
+            torch.testing.assert_close(block.mlp.fc1(x) - block.mlp.fc1.base_layer(x), fc1_branch,
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(block.mlp.fc2(h) - block.mlp.fc2.base_layer(h), fc2_branch,
+                                       rtol=1e-4, atol=1e-5)
+            # the paper's per-slice reading (slice i = C x_3 P[:, idx + i]) is a different increment
+            paper = torch.einsum("abk,k->ab", f.C, f.P[:, idx])
+            got = block.mlp.fc1.delta_weight()[:d]
+            assert (got - s * f.V @ paper.t() @ f.U).abs().max() > 1e-3
 
 
 def test_every_tucker_slice_and_core_entry_trains():

@@ -186,3 +186,61 @@ def test_gps_applies_to_swin():
     model(x).sum().backward()
     assert "head.fc" not in applied.matched and "layers.1.downsample.reduction" in applied.matched
     assert math.isfinite(applied.parameter_counts()["trainable"])
+
+
+def _summed_top1(model, batches, train):
+    """GPS's criterion written out with the model in the given mode: both views the image itself."""
+    ref = copy.deepcopy(model).train(train)
+    weights = {n: ref.get_submodule(n).weight for n in CANDIDATES}
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    for w in weights.values():
+        w.requires_grad_(True)
+    total = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for x, y in batches:
+        feats = ref.forward_head(ref.forward_features(torch.cat([x, x])), pre_logits=True)
+        loss = supervised_contrastive_loss(feats, torch.cat([y, y]), 0.07)
+        for n, g in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
+            total[n] += g
+    return {n: top_k_per_row(g, 1) for n, g in total.items()}
+
+
+def test_selection_runs_in_train_mode_as_the_official_calculate_gradient():
+    """Official `calculate_gradient` calls model.train(): drop-path is active during the selection."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
+                              depth=2, num_heads=3, num_classes=5, drop_path_rate=0.5)
+    batches = [images(1), images(2)]
+    torch.manual_seed(3)
+    official = build_method("gps", {"contrast_views": False}).compute_selection(model, batches, 5)
+    torch.manual_seed(3)
+    expected = _summed_top1(model, batches, train=True)
+    assert all(torch.equal(official[n], expected[n]) for n in CANDIDATES)
+    torch.manual_seed(3)
+    frozen_mode = build_method("gps", {"contrast_views": False, "selection_mode": "eval"}).compute_selection(
+        model, batches, 5)
+    assert all(torch.equal(frozen_mode[n], _summed_top1(model, batches, train=False)[n]) for n in CANDIDATES)
+    assert any(not torch.equal(official[n], frozen_mode[n]) for n in CANDIDATES)
+
+
+def test_contrast_views_jitter_colour_with_p_08_and_grayscale_with_p_02():
+    """Official `transforms_contrastaug_train`: RandomApply(ColorJitter(.4, .4, .4, .1), p=.8) then
+    RandomGrayscale(p=.2). Constant-colour images stay constant under crop and flip, so a view keeps
+    its colour only when neither step fired (p = .2 * .8 = .16) and is grey with p ~ .2."""
+    from vpeft.methods.gps import contrast_view
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    n = 400
+    colours = 0.15 + 0.7 * torch.rand(n, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    pixels = colours.expand(n, 3, 8, 8)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    views = contrast_view((pixels - m) / s, torch.Generator().manual_seed(1), mean, std) * s + m
+    flat = views.flatten(2)
+    assert torch.allclose(flat, flat[:, :, :1].expand_as(flat), atol=1e-5)  # still constant images
+    got = flat[:, :, 0]
+    unchanged = (got - colours.view(n, 3)).abs().max(1).values < 1e-4
+    grey = (got.max(1).values - got.min(1).values) < 1e-4
+    assert 0.08 < unchanged.float().mean() < 0.26
+    assert 0.12 < grey.float().mean() < 0.30
+    plain = contrast_view((pixels - m) / s, torch.Generator().manual_seed(1))  # no stats: crop + flip only
+    assert torch.allclose(plain * s + m, pixels, atol=1e-5)

@@ -1,5 +1,6 @@
-"""HST: a true side network (frozen backbone untouched, no graph through its blocks), meta-token
-readout equal to what the frozen block computes for a prepended token, head delivery, stage split."""
+"""HST as published (AFeng-x/HST `models/vit_hsn.py`): meta tokens prepended to every block's input,
+block LayerNorms trained; the `readout` side-tuning variant (frozen backbone, no graph through its
+blocks, meta-token readout equal to the frozen block on a prepended token); head delivery, stage split."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from vpeft.methods import MethodError, apply_method, build_method, method_layers
 from vpeft.methods.hst import stage_groups
 
 SMALL = {"stage_dims": (8, 16), "num_heads": (2, 2)}
+READOUT = dict(SMALL, meta_mode="readout")
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "methods" / "hst.yaml"
 
 
@@ -35,9 +37,9 @@ def side(model):
     return layer
 
 
-def test_training_step_changes_no_backbone_tensor_and_blocks_carry_no_graph():
+def test_readout_variant_changes_no_backbone_tensor_and_blocks_carry_no_graph():
     model = small_vit()
-    apply_method(model, build_method("hst", SMALL))
+    apply_method(model, build_method("hst", READOUT))
     backbone = {n: p.detach().clone() for n, p in model.named_parameters()
                 if not n.startswith(("hst_side.", "head."))}
     assert all(not model.get_parameter(n).requires_grad for n in backbone)
@@ -60,7 +62,7 @@ def test_training_step_changes_no_backbone_tensor_and_blocks_carry_no_graph():
 
 def test_meta_readout_equals_the_frozen_block_on_a_prepended_token():
     model = small_vit().eval()
-    apply_method(model, build_method("hst", dict(SMALL, meta_tokens=2)))
+    apply_method(model, build_method("hst", dict(READOUT, meta_tokens=2)))
     layer = side(model)
     with torch.no_grad():
         layer.meta.normal_()
@@ -156,4 +158,79 @@ def test_vtab_mini_settings_train_on_the_demo_backbone():
     out = model(x)
     out.sum().backward()
     assert out.shape == (4, 8)
-    assert applied.parameter_counts()["trainable"] == 47_480
+    assert applied.parameter_counts()["trainable"] == 47_480 + 4 * 4 * 128  # + block norms (depth 4, D 128)
+
+
+def _stream_outputs(model):
+    """Each block's output as the next block sees it (hooks registered after HST's)."""
+    seen = []
+    handles = [b.register_forward_hook(lambda m, a, out: seen.append(out)) for b in model.blocks]
+    return seen, handles
+
+
+def test_patch_tokens_attend_to_the_prepended_meta_token():
+    """Official forward: x = blk(cat([meta_j, x]))[:, M:] -- changing meta token 0 changes block 0's
+    patch-token outputs (the readout variant would leave them untouched)."""
+    model = small_vit().eval()
+    apply_method(model, build_method("hst", SMALL))
+    layer = side(model)
+    x, _ = batch()
+    with torch.no_grad():
+        seen, handles = _stream_outputs(model)
+        model(x)
+        before = [t.clone() for t in seen]
+        layer.meta[0].normal_()  # (a constant shift would vanish in LN1)
+        seen.clear()
+        model(x)
+        for h in handles:
+            h.remove()
+    assert before[0].shape == (6, 17, 48)  # the meta token is dropped again before the next block
+    assert (seen[0][:, 1:] - before[0][:, 1:]).abs().max() > 1e-4
+
+
+def test_each_block_computes_the_official_prepended_sequence():
+    model = small_vit().eval()
+    apply_method(model, build_method("hst", dict(SMALL, meta_tokens=2)))
+    layer = side(model)
+    inputs = {}
+    pre = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i, b in
+           enumerate(model.blocks)]  # registered after HST's: sees the prepended sequence
+    seen, handles = _stream_outputs(model)
+    x, _ = batch()
+    with torch.no_grad():
+        model(x)
+        stream = model.patch_embed(x)
+        stream = model._pos_embed(stream)
+        for j, block in enumerate(model.blocks):
+            meta = layer.meta[j].expand(6, -1, -1)
+            torch.testing.assert_close(inputs[j], torch.cat([meta, stream], dim=1))
+            out = block.forward(torch.cat([meta, stream], dim=1))  # .forward: the plain block, no hooks
+            stream = out[:, 2:]
+            torch.testing.assert_close(seen[j], stream, rtol=1e-5, atol=1e-5)
+    for h in pre + handles:
+        h.remove()
+
+
+def test_block_norms_train_and_the_count_is_the_official_one():
+    model = small_vit()
+    applied = apply_method(model, build_method("hst", SMALL))
+    norms = {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.requires_grad}
+    assert norms == {f"blocks.{i}.{m}.{t}" for i in range(2) for m in ("norm1", "norm2") for t in ("weight", "bias")}
+    assert not any(p.requires_grad for n, p in model.named_parameters()
+                   if n.startswith(("blocks.", "patch_embed", "pos_embed", "cls_token", "norm.")) and n not in norms)
+    x, y = batch()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in norms)
+    assert side(model).meta.grad[0].abs().sum() > 0
+    assert applied.method.frozen_prefix_blocks(model) == 0 and applied.method.needs_backbone_grad
+    readout = small_vit()
+    counts = apply_method(readout, build_method("hst", READOUT)).parameter_counts()["trainable"]
+    assert applied.parameter_counts()["trainable"] == counts + 2 * 4 * 48
+
+
+def test_count_at_vit_b16_is_the_official_codes():
+    """727,976 side network + meta tokens, + 36,864 block LayerNorms = 764,840 (official model, head excluded)."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
+    counts = apply_method(model, build_method("hst")).parameter_counts()
+    assert counts["trainable"] == 727_976 + 12 * 4 * 768 == 764_840

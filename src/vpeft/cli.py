@@ -27,7 +27,9 @@ def method_rows() -> list[dict]:
         cls = get_method_class(name)
         stages = [s for s, on in (("selection", cls.needs_selection), ("search", cls.needs_search)) if on]
         rows.append({"name": name, "family": cls.category, "mergeable": cls.mergeable,
-                     "backbone_grad": cls.needs_backbone_grad, "stages": stages, "reference": cls.paper})
+                     "backbone_grad": cls.needs_backbone_grad, "stages": stages, "reference": cls.paper,
+                     "verified": cls.provenance.kind, "provenance": cls.provenance.to_dict(),
+                     "verified_detail": cls.provenance.summary()})
     return rows
 
 
@@ -37,17 +39,18 @@ def cmd_methods(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if args.markdown:
-        print("| Method | Family | Mergeable | Extra stage | Reference |")
-        print("|---|---|---|---|---|")
+        print("| Method | Family | Mergeable | Extra stage | Reference | Verified against |")
+        print("|---|---|---|---|---|---|")
         for r in rows:
             print(f"| `{r['name']}` | {r['family']} | {'yes' if r['mergeable'] else 'no'} | "
-                  f"{', '.join(r['stages']) or '-'} | {r['reference']} |")
+                  f"{', '.join(r['stages']) or '-'} | {r['reference']} | {r['verified_detail']} |")
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'family':<18}  mergeable  {'stage':<9}  reference")
+    print(f"{'name':<{width}}  {'family':<18}  mergeable  {'stage':<9}  {'verified':<13}  reference")
     for r in rows:
         print(f"{r['name']:<{width}}  {r['family']:<18}  {'yes' if r['mergeable'] else 'no':<9}  "
-              f"{', '.join(r['stages']) or '-':<9}  {r['reference']}")
+              f"{', '.join(r['stages']) or '-':<9}  {r['verified']:<13}  {r['reference']}")
+        print(f"{'':<{width}}  {'':<18}  {'':<9}  {'':<9}  {'':<13}  {r['verified_detail']}")
     return 0
 
 
@@ -163,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpeft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("methods", help="list registered methods (family, mergeable, extra stages, reference)")
+    p = sub.add_parser("methods", help="list registered methods (family, mergeable, extra stages, reference, "
+                                           "how each was verified)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
     p.set_defaults(func=cmd_methods)

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vpeft.methods import get_method_class  # noqa: E402
+from vpeft.methods.registry import method_report_info  # noqa: E402
 from vpeft.config import (  # noqa: E402
     ConfigError,
     data_root,
@@ -213,12 +214,8 @@ def task_groups(suite):
 
 
 def method_families(methods):
-    """Family, mergeability and reference of each method, for the report's grouped table."""
-    out = {}
-    for method in methods:
-        cls = get_method_class(method)
-        out[method] = {"family": cls.category, "mergeable": cls.mergeable, "paper": cls.paper}
-    return out
+    """Family, mergeability, reference and provenance of each method, for the report's grouped table."""
+    return {method: method_report_info(method) for method in methods}
 
 
 def get_final_output():

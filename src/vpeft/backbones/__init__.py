@@ -126,6 +126,9 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
         raise BackboneError(f"cannot load {path} ({fmt} format) into {spec.arch}: {type(err).__name__}: {err}") \
             from err
     model.reset_classifier(num_classes)
+    # the normalisation the run's data transform applies, for code that needs pixel values (GPS's views)
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
+                            "mean": tuple(spec.mean), "std": tuple(spec.std)}
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear):
         # timm's ViT head init (trunc-normal 0.02, zero bias): small logits, but non-zero so that

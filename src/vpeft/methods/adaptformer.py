@@ -11,14 +11,15 @@ in front of W_down, as V-PETL's image code does (`adapter_layernorm_option="in"`
 175,200 on ViT-B/16).
 
 Injection. The timm block is not edited: its `mlp` is wrapped by `AdaptFormerMlp` (which owns the
-branch) and, for `residual` input, its `norm2` by `_Norm2Tap`, a parameter-free pass-through that hands
-the tensor entering LN2 to the MLP wrapper of the same block (the block always calls `norm2` right
-before `mlp`). Works for timm ViT blocks (`blocks.N`) and Swin blocks (`layers.S.blocks.N`); the
-hand-over is a plain attribute, so use DDP rather than `nn.DataParallel` replicas.
-Difference from the official code: there the branch is added outside DropPath; here it is returned
-together with the MLP output, so it sits inside the block's `drop_path2` / `ls2` (LayerScale is
-Identity on ViT-B and Swin). Evaluation is identical; with stochastic depth the branch is dropped for
-the same samples as the MLP.
+branch), its `drop_path2` by `_AddBranch`, and, for `residual` input, its `norm2` by `_Norm2Tap`, a
+parameter-free pass-through that hands the tensor entering LN2 to the MLP wrapper of the same block
+(the block always calls `norm2`, then `mlp`, then `drop_path2`). The MLP wrapper returns the MLP output
+alone and leaves the branch output for `_AddBranch`, which adds it *after* DropPath (and LayerScale):
+    x <- x1 + DropPath(MLP(LN2(x1))) + s * branch(x1)
+exactly as the official block (`x = residual + drop_path(mlp(norm2(x))) + adapt_x`,
+`models/custom_modules.py`), so with stochastic depth the branch survives for the samples whose MLP is
+dropped. Works for timm ViT blocks (`blocks.N`) and Swin blocks (`layers.S.blocks.N`); the hand-over
+is a plain attribute, so use DDP rather than `nn.DataParallel` replicas.
 
 Init (official `init_option="lora"`): W_down Kaiming-uniform(a=sqrt 5), W_up and both biases zero, so
 the model is unchanged at init; W_down gets gradient from the second step on. Dropout 0.1 on the
@@ -41,6 +42,7 @@ from torch import nn
 
 from .adapter import output_dim
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import official_code
 from .registry import register_method
 
 _INPUTS = ("residual", "normed")
@@ -76,8 +78,9 @@ class AdaptFormerConfig(MethodConfig):
 
 
 class AdaptFormerMlp(MethodLayer):
-    """Wraps a block's MLP: returns MLP(z) + s * up(dropout(relu(down(u)))), where u is the tensor the
-    paired `_Norm2Tap` saw (residual input) or z itself (normed input)."""
+    """Wraps a block's MLP: returns MLP(z) and computes the branch s * up(dropout(relu(down(u)))),
+    where u is the tensor the paired `_Norm2Tap` saw (residual input) or z itself (normed input); the
+    paired `_AddBranch` adds the branch after the block's DropPath."""
 
     def __init__(self, base_layer: nn.Module, dim: int, bottleneck: int, scale: float, dropout: float,
                  layernorm: bool, from_residual: bool):
@@ -95,6 +98,7 @@ class AdaptFormerMlp(MethodLayer):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self._residual: torch.Tensor | None = None
+        self._branch: torch.Tensor | None = None
         self.train(base_layer.training)  # injected into an eval-mode model: no dropout until .train()
 
     def branch(self, u: torch.Tensor) -> torch.Tensor:
@@ -111,22 +115,49 @@ class AdaptFormerMlp(MethodLayer):
                                   f"{tuple(z.shape)}")
         else:
             u = z
-        return self.base_layer(z) + self.branch(u)
+        self._branch = self.branch(u)
+        return self.base_layer(z)
+
+    def take_branch(self) -> torch.Tensor:
+        branch, self._branch = self._branch, None
+        if branch is None:
+            raise MethodError("AdaptFormer: the block's drop_path2 ran without its mlp; no branch to add")
+        return branch
 
 
-class _Norm2Tap(MethodLayer):
-    """Pass-through wrapper of a block's `norm2` that hands its input (the post-attention residual
-    stream) to the block's `AdaptFormerMlp`. No parameters of its own."""
+class _Tap(MethodLayer):
+    """Parameter-free pass-through wrapper that shares a block-local tensor with the block's
+    `AdaptFormerMlp` (a plain reference, not a submodule: the sink is registered once, as `mlp`)."""
 
     def __init__(self, base_layer: nn.Module, sink: AdaptFormerMlp):
         super().__init__()
         self.base_layer = base_layer
-        # a plain reference, not a submodule: the sink is registered once, as the block's `mlp`
         self.__dict__["_sink"] = sink
+
+
+class _Norm2Tap(_Tap):
+    """Wraps `norm2`: hands its input (the post-attention residual stream) to the MLP wrapper."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._sink._residual = x
         return self.base_layer(x)
+
+
+class _AddBranch(_Tap):
+    """Wraps `drop_path2`: DropPath(y) + branch, so stochastic depth never drops the branch."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        branch = self._sink.take_branch()
+        return self.base_layer(y) + branch
+
+
+def _sibling(model: nn.Module, name: str, child: str, method: str, why: str) -> tuple[str, nn.Module]:
+    block_name = name.rpartition(".")[0]
+    full = f"{block_name}.{child}" if block_name else child
+    try:
+        return full, model.get_submodule(full)
+    except AttributeError:
+        raise MethodError(f"{method}: {why} needs a `{child}` next to {name}; {full} does not exist") from None
 
 
 @register_method
@@ -136,6 +167,10 @@ class AdaptFormer(PeftMethod):
     config_cls = AdaptFormerConfig
     mergeable = False
     paper = "Chen et al., AdaptFormer, NeurIPS 2022 (r = 8 as in NOAH's VTAB row)"
+    provenance = official_code(
+        "ShoufaChen/AdaptFormer", "6967d676c1a5e5a11be2e2768a6e5c604bb043ed",
+        "models/custom_modules.py", "models/adapter.py",
+        notes="r = 8 as NOAH's VTAB row (official image/video r = 64)")
 
     def inject(self, model):
         c = self.config
@@ -148,14 +183,11 @@ class AdaptFormer(PeftMethod):
             mlp = model.get_submodule(name)
             layer = AdaptFormerMlp(mlp, output_dim(mlp), c.bottleneck, c.scale, c.dropout, c.layernorm,
                                    from_residual)
+            drop_name, drop = _sibling(model, name, "drop_path2", self.name, "adding the branch after DropPath")
             if from_residual:
-                block_name = name.rpartition(".")[0]
-                norm_name = f"{block_name}.norm2" if block_name else "norm2"
-                try:
-                    norm = model.get_submodule(norm_name)
-                except AttributeError:
-                    raise MethodError(f"{self.name}: branch_input=residual needs a `norm2` next to {name}; "
-                                      f"{norm_name} does not exist (use branch_input=normed)") from None
+                norm_name, norm = _sibling(model, name, "norm2", self.name,
+                                           "branch_input=residual (else use branch_input=normed)")
                 replace_module(model, norm_name, _Norm2Tap(norm, layer))
+            replace_module(model, drop_name, _AddBranch(drop, layer))
             replace_module(model, name, layer)
         return names

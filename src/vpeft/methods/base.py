@@ -86,6 +86,77 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+PROVENANCE_KINDS = ("official-code", "paper", "variant")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a method's implementation was verified; one per method module, shown by `vpeft methods`,
+    the README's method table and the report (which marks every row that is not an official-code port).
+
+    kind: `official-code` (compared with the authors' code: `repo` owner/name, the 40-hex `commit`
+        read, and the `files` compared against), `paper` (no official code compared: reconstructed from
+        the paper; `sections` lists the sections / equations / tables the design rests on) or `variant`
+        (the project's own reading of a method; `why` says why and what it departs from).
+    notes: remaining known differences or choices, one line (optional for every kind).
+    Build them with `official_code(...)`, `from_paper(...)` or `variant(...)`.
+    """
+
+    kind: str
+    repo: str = ""
+    commit: str = ""
+    files: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    why: str = ""
+    notes: str = ""
+
+    def problems(self) -> list[str]:
+        """What is missing or malformed for this kind (empty when complete)."""
+        if self.kind not in PROVENANCE_KINDS:
+            return [f"kind must be one of {PROVENANCE_KINDS}, got {self.kind!r}"]
+        out = []
+        if self.kind == "official-code":
+            if not _REPO.match(self.repo):
+                out.append(f"official-code needs repo 'owner/name', got {self.repo!r}")
+            if not _COMMIT.match(self.commit):
+                out.append(f"official-code needs the 40-hex commit compared against, got {self.commit!r}")
+            if not self.files or not all(isinstance(f, str) and f.strip() for f in self.files):
+                out.append("official-code needs the file(s) compared against")
+        elif self.kind == "paper":
+            if not self.sections or not all(isinstance(x, str) and x.strip() for x in self.sections):
+                out.append("paper needs the sections / equations / tables used")
+        elif not self.why.strip():
+            out.append("variant needs `why`")
+        return out
+
+    def summary(self) -> str:
+        """One line for tables: `official-code: owner/name@abcdef1 (file, ...)`, `paper: §3, Eq. 2`, ..."""
+        if self.kind == "official-code":
+            text = f"official-code: {self.repo}@{self.commit[:7]} ({', '.join(self.files)})"
+        elif self.kind == "paper":
+            text = f"paper: {'; '.join(self.sections)}"
+        else:
+            text = f"variant: {self.why}"
+        return f"{text}. {self.notes}" if self.notes else text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def official_code(repo: str, commit: str, *files: str, notes: str = "") -> Provenance:
+    return Provenance("official-code", repo=repo, commit=commit, files=tuple(files), notes=notes)
+
+
+def from_paper(*sections: str, notes: str = "") -> Provenance:
+    return Provenance("paper", sections=tuple(sections), notes=notes)
+
+
+def variant(why: str, notes: str = "") -> Provenance:
+    return Provenance("variant", why=why, notes=notes)
+
+
 class MethodLayer(nn.Module):
     """Marker base for every module a method adds. Its own parameters are the method's trainable
     tensors; a wrapped frozen original, if any, lives in `self.base_layer` and stays frozen."""
@@ -121,6 +192,8 @@ class PeftMethod:
     config_cls: ClassVar[type[MethodConfig]]
     mergeable: ClassVar[bool] = False
     paper: ClassVar[str] = ""
+    #: how the implementation was verified (required; checked by `register_method`)
+    provenance: ClassVar[Provenance]
     #: False for side-tuning: no trainable tensor sits upstream of the frozen blocks it reads, so the
     #: backward pass never runs through them (tests check that their outputs carry no graph).
     needs_backbone_grad: ClassVar[bool] = True

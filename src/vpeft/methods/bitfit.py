@@ -8,6 +8,7 @@ include them). On ViT-B/16 that is 12 x 8,448 + 768 + 768 = 102,912 parameters.
 from dataclasses import dataclass
 
 from .base import MethodConfig, SelectiveMethod
+from .base import from_paper
 from .registry import register_method
 
 
@@ -21,6 +22,10 @@ class BitFit(SelectiveMethod):
     name = "bitfit"
     config_cls = BitFitConfig
     paper = "Zaken et al., BitFit, ACL 2022"
+    provenance = from_paper(
+        "Zaken et al.: the method, train only the bias terms",
+        "V-PETL Bench VTAB/FGVC tables (0.10 M): every tensor named 'bias'",
+        notes="official BitFit code (NLP) not compared")
 
     def candidate_parameters(self, model):
         return [n for n, _ in model.named_parameters() if "bias" in n.rpartition(".")[2]]

@@ -19,11 +19,12 @@ autograd graph (`frozen_prefix_blocks` = start_block: the memory saving the pape
 Init: A Kaiming-uniform(a=sqrt(5)), B zero (the official init), so R = 0 and the model is exactly the
 frozen one at init; the DTL+ convolution has PyTorch's default Conv2d init.
 
-Classification: DTL classifies the *global average of the patch tokens* (not the CLS token). With
-`pool: avg` (default) we set the timm model's `global_pool = 'avg'` (patch tokens, prefix tokens
-excluded) and keep its head (same shape). One difference remains: DTL applies the final LayerNorm to
-the pooled vector, timm's class-token ViT applies its final `norm` to every token before pooling
-(mean of normalised tokens); we keep timm's final norm where it is rather than move it.
+Classification: DTL classifies the *global average of the patch tokens* (not the CLS token), and
+normalises the pooled vector: head(norm(mean(patch tokens))) (official `VisionTransformer.forward`:
+`x[:, num_tokens:].mean(dim=1)`, then `self.norm`, then `self.head`). With `pool: avg` (default) we
+set the timm model's `global_pool = 'avg'` and move its final LayerNorm from `norm` (applied to every
+token) to `fc_norm` (applied after pooling), the same frozen tensors, so the head reads the norm of
+the mean, not the mean of the normalised tokens (a LayerNorm does not commute with the mean).
 `pool: model` keeps the model's own pooling (CLS token for ViT-B/16).
 
 Parameters: L * 2 * d * r = 36,864 on ViT-B/16 at r = 2 (published 0.04 M: reproduced); DTL+ adds
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import official_code
 from .registry import register_method
 
 _POOLS = ("avg", "model")
@@ -185,6 +187,9 @@ class _Dtl(PeftMethod):
     category = "side"
     mergeable = False
     paper = "Fu et al., DTL: Disentangled Transfer Learning for Visual Recognition, AAAI 2024"
+    provenance = official_code(
+        "heekhero/DTL", "bf6c51e679d7d2244f4c8337cb68a85b54e7c37a",
+        "models/vision_transformer.py")
 
     def _start(self, model: nn.Module) -> int:
         return resolve_start_block(self.config.start_block, len(_vit_blocks(model, self.name)), self.name)
@@ -199,6 +204,8 @@ class _Dtl(PeftMethod):
             if getattr(model, "attn_pool", None) is not None or not hasattr(model, "global_pool"):
                 raise MethodError(f"{self.name}: pool='avg' needs a timm ViT without attention pooling")
             model.global_pool = "avg"  # DTL classifies the mean of the patch tokens; head shape unchanged
+            if isinstance(model.fc_norm, nn.Identity):  # official order: norm(mean(tokens))
+                model.fc_norm, model.norm = model.norm, nn.Identity()
         model.add_module("dtl_side", CompactSideNetwork(model, c.rank, c.beta, start,
                                                         getattr(c, "fusion_size", 0)))
         return [f"blocks.{i}" for i in range(len(blocks))]

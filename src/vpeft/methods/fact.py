@@ -32,10 +32,16 @@ Mergeable: each wrapper folds its dW into the wrapped Linear's weight; `merge_an
 
 Published counts: the V-PETL / FacT VTAB rows (FacT-TK 0.069 M, FacT-TT 0.040 M) are means over the
 per-task ranks of the official configs (config/methods/fact-*.yaml): 68,985 and 39,734, which our
-formulas reproduce; no single rank gives them. Difference from the official FacT-TK code: it builds the
-fc1 / fc2 cores by reshaping C x_3 P[:, 4 slices] (r x r x 4) into r x 4r, which interleaves the four
-slices' entries (core column j of slice i is taken from entry (i*r + j) // 4, (i*r + j) % 4); we use the
-paper's Tucker slices K_j = C x_3 p_j for every matrix. Same count, same init distribution.
+formulas reproduce; no single rank gives them.
+
+FacT-TK's MLP cores follow the official code (JieShibo/PETL-ViT `FacT/fact_tk.py`,
+`fact_forward_mlp`), not the paper's per-slice Tucker reading: for the m = h/d slices of fc1 (and
+again of fc2) it forms T = C x_3 P[:, m slices] (r x r x m), reshapes it to r x (m r) and reads the
+columns as m consecutive r-wide blocks G_i = T.reshape(r, m, r)[:, i, :], whose entry (a, k) is
+T[a, (i r + k) // m, (i r + k) % m], so the m slices' entries interleave. fc1 output rows i*d.. get
+s V ((U x) G_i); fc2 gets s V z with z[a] = sum_{i,k} (U x_i)[k] G_i[a, k], x_i its i-th input
+slice. q, k, v and o use the plain slices C x_3 p_j, as there.
+Same count and init distribution as the paper's reading; different tying of the MLP increments.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from .base import (
     replace_module,
     transformer_blocks,
 )
+from .base import official_code
 from .registry import register_method
 
 #: Name of the module holding the shared factors on the model.
@@ -141,8 +148,9 @@ class FactLinear(MethodLayer):
     parameters for FacT-TT, slices `offset ...` of the shared Tucker tensor for FacT-TK."""
 
     def __init__(self, base_layer: nn.Linear, factors: FactFactors, layout: str, num_slices: int,
-                 offset: int, scale: float, dropout: float):
+                 offset: int, scale: float, dropout: float, mlp: bool = False):
         super().__init__()
+        self.mlp = mlp  # fc1 / fc2: FacT-TK builds their cores with the official reshape
         if layout not in ("out", "in"):
             raise MethodError(f"unknown FacT slice layout {layout!r}")
         self.base_layer = base_layer
@@ -162,8 +170,17 @@ class FactLinear(MethodLayer):
         return self._factors[0]
 
     def slice_cores(self) -> torch.Tensor:
+        """(num_slices, r_in, r_out) cores: z = sum over r_in of (U x)[r_in] core[:, r_out]."""
         f = self.factors
-        return f.tucker_cores(self.offset, self.num_slices) if f.tucker else self.cores
+        if not f.tucker:
+            return self.cores
+        cores = f.tucker_cores(self.offset, self.num_slices)
+        if not self.mlp:
+            return cores
+        # official fc1 / fc2 layout: T (r x r x m) reshaped to r x (m r), read as m r-wide slices
+        r, m = f.rank, self.num_slices
+        grid = cores.permute(1, 2, 0).reshape(r, m, r)      # grid[a, i, k] = T.reshape(r, m r)[a, i r + k]
+        return grid.permute(1, 0, 2) if self.layout == "out" else grid.permute(1, 2, 0)
 
     def delta_weight(self) -> torch.Tensor:
         """The increment of the wrapped weight (out x in): the slices s * V K_j^T U, side by side."""
@@ -208,7 +225,8 @@ class FactLinear(MethodLayer):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"layout={self.layout}, slices={self.num_slices}, offset={self.offset}, scale={self.scale}"
+        return (f"layout={self.layout}, slices={self.num_slices}, offset={self.offset}, scale={self.scale}"
+                f"{', mlp' if self.mlp else ''}")
 
 
 def _fact_targets(model: nn.Module, method: str) -> tuple[int, list[tuple[str, str, int]]]:
@@ -271,7 +289,7 @@ class _Fact(PeftMethod):
         offset = 0
         for name, layout, n in targets:
             base = model.get_submodule(name)
-            layer = FactLinear(base, factors, layout, n, offset, c.scale, c.dropout)
+            layer = FactLinear(base, factors, layout, n, offset, c.scale, c.dropout, mlp=".mlp." in f".{name}")
             # New modules follow the model's mode: injecting into an eval() model must not switch the
             # branch dropout on.
             replace_module(model, name, layer.train(model.training))
@@ -296,6 +314,9 @@ class FactTT(_Fact):
 
     name = "fact-tt"
     config_cls = FactTTConfig
+    provenance = official_code(
+        "JieShibo/PETL-ViT", "026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e",
+        "FacT/fact_tt.py")
     tucker = False
 
 
@@ -306,4 +327,7 @@ class FactTK(_Fact):
 
     name = "fact-tk"
     config_cls = FactTKConfig
+    provenance = official_code(
+        "JieShibo/PETL-ViT", "026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e",
+        "FacT/fact_tk.py")
     tucker = True

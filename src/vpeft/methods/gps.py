@@ -26,13 +26,21 @@ FGVC scripts use K = 2 / 20 / 1 / 15 / 1 (CUB, NABirds, Flowers, Cars, Dogs), a 
 (≈652,954 without biases) against 0.66 M. No single K (and no counting convention we tried: with or
 without biases, with the mean head) gives 0.22 M; the published figure is not derivable from the code.
 
-Deviations: the official selection runs the model in train mode (drop-path active on some tasks);
-we run it in eval mode so the selection is deterministic. Its two views use RandomResizedCrop(0.08-1)
-+ flip + colour jitter + grayscale on PIL images; we get normalised tensors, so the views here are
-random resized crops + horizontal flips drawn from a private generator seeded by `torch.initial_seed()`
-(the run seed in the workflow): same seed and batches, same selection. With `contrast_views=False`
-both views are the image itself. Swin's relative-position-bias tables, which the official name-based
-mask would train fully, are not candidates here.
+Selection mode and views, as the official code (`train_gps.py` `calculate_gradient`, `--contrast-aug
+--no-prefetcher --contrastive` in every VTAB script; `data/transforms_factory.py`
+`transforms_contrastaug_train`): the model runs in *train* mode (drop-path at the run's rate, as the
+selection model is built with it), and each image gets two views, each a RandomResizedCrop (area
+0.08-1, aspect 3/4-4/3) + horizontal flip (p 0.5) + colour jitter (brightness, contrast, saturation
+0.4, hue 0.1, in random order; applied with p 0.8) + grayscale (p 0.2). We receive normalised tensors:
+the crop and flip commute with normalisation; the colour steps run on the de-normalised [0, 1] image
+(the model's `pretrained_cfg` mean / std, which the run's data transform uses) and are re-normalised.
+The random draws come from a private generator seeded by `torch.initial_seed()` (the run seed in the
+workflow), drop-path from the global one: same seed and batches, same selection.
+`selection_mode: eval` (the project's earlier variant) selects with dropout / drop-path off;
+`contrast_views: false` uses the image itself twice. Remaining differences: the official pass runs
+under AMP and crops PIL images before resizing (we crop the already-resized tensor); Swin's
+relative-position-bias tables, which the official name-based mask would train fully, are not
+candidates here.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from .base import (
     match_modules,
     replace_module,
 )
+from .base import official_code
 from .registry import register_method
 
 _CANDIDATE_KINDS = (nn.Linear, nn.Conv2d)
@@ -65,14 +74,17 @@ class GpsConfig(MethodConfig):
     top_k: K, incoming connections selected per output neuron (GPS `--times_para`).
     tune_bias: also train every bias of the candidate layers (as the official code does).
     temperature: SupCon temperature of the selection loss.
-    contrast_views: two random crop+flip views per image for the SupCon loss; False uses the image twice.
+    contrast_views: two random views per image for the SupCon loss (the official contrastive
+        augmentation: crop, flip, colour jitter, grayscale); False uses the image twice.
+    selection_mode: `train` (official: drop-path / dropout active during the selection pass) or `eval`.
     target_modules: regex over module names; matching Linear / Conv2d modules (head excluded) are candidates.
     """
 
     top_k: int = field(default=1, metadata={"help": "K connections per output neuron"})
     tune_bias: bool = field(default=True, metadata={"help": "train the candidate layers' biases too"})
     temperature: float = field(default=0.07, metadata={"help": "SupCon temperature (selection loss)"})
-    contrast_views: bool = field(default=True, metadata={"help": "random crop+flip views for SupCon"})
+    contrast_views: bool = field(default=True, metadata={"help": "official contrastive views for SupCon"})
+    selection_mode: str = field(default="train", metadata={"help": "model mode of the selection pass: train | eval"})
     target_modules: str = field(default=r".", metadata={"help": "module-name regex for candidate layers"})
 
     def validate(self):
@@ -80,6 +92,8 @@ class GpsConfig(MethodConfig):
             raise MethodError(f"gps.top_k must be >= 1, got {self.top_k}")
         if not self.temperature > 0:
             raise MethodError(f"gps.temperature must be > 0, got {self.temperature}")
+        if self.selection_mode not in ("train", "eval"):
+            raise MethodError(f"gps.selection_mode must be 'train' or 'eval', got {self.selection_mode!r}")
 
 
 def top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -127,10 +141,36 @@ def _crop_box(height: int, width: int, gen: torch.Generator) -> tuple[int, int, 
     return 0, 0, height, width
 
 
-def contrast_view(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random resized crop (bilinear, back to the input size) and a horizontal flip with p = 0.5 of
-    every image of a normalised NCHW batch (both commute with per-channel normalisation)."""
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def color_distort(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The official contrastive colour steps on one [0, 1] CHW image: ColorJitter(0.4, 0.4, 0.4, 0.1)
+    with p 0.8 (its four adjustments in random order), then RandomGrayscale(p 0.2)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if float(torch.rand(1, generator=gen)) < 0.8:
+        factors = (0.6 + 0.8 * torch.rand(3, generator=gen)).tolist()  # U(1 - 0.4, 1 + 0.4)
+        hue = float(-0.1 + 0.2 * torch.rand(1, generator=gen))
+        ops = (lambda x: TF.adjust_brightness(x, factors[0]), lambda x: TF.adjust_contrast(x, factors[1]),
+               lambda x: TF.adjust_saturation(x, factors[2]), lambda x: TF.adjust_hue(x, hue))
+        for i in torch.randperm(4, generator=gen).tolist():
+            image = ops[i](image)
+    if float(torch.rand(1, generator=gen)) < 0.2:
+        image = TF.rgb_to_grayscale(image, num_output_channels=3)
+    return image
+
+
+def contrast_view(images: torch.Tensor, gen: torch.Generator, mean=None, std=None) -> torch.Tensor:
+    """One official contrastive view of every image of a normalised NCHW batch: a random resized crop
+    (bilinear, back to the input size) and a horizontal flip with p = 0.5 (both commute with the
+    per-channel normalisation), then, given the normalisation `mean` / `std` of a 3-channel batch,
+    the colour steps of `color_distort` on the de-normalised image."""
     height, width = images.shape[-2:]
+    colour = mean is not None and std is not None and images.shape[1] == 3
+    if colour:
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        sd = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(3, 1, 1)
     out = []
     for image in images:
         top, left, h, w = _crop_box(height, width, gen)
@@ -138,6 +178,8 @@ def contrast_view(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         view = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
         if float(torch.rand(1, generator=gen)) < 0.5:
             view = view.flip(-1)
+        if colour:
+            view = (color_distort((view * sd + m).clamp(0, 1), gen) - m) / sd
         out.append(view)
     return torch.stack(out)
 
@@ -201,6 +243,10 @@ class Gps(PeftMethod):
     config_cls = GpsConfig
     mergeable = True
     paper = "Zhang et al., Gradient-based Parameter Selection for Efficient Fine-Tuning, CVPR 2024"
+    provenance = official_code(
+        "FightingFighting/GPS", "72e0c31564f46b6b6a166b54a28f2a8f48cec031",
+        "utils/pruning.py", "train_gps.py", "data/transforms_factory.py",
+        notes="selection in fp32 on resized tensors (official: AMP, crops of PIL images)")
     needs_selection = True
 
     def candidate_layers(self, model: nn.Module) -> list[str]:
@@ -216,9 +262,10 @@ class Gps(PeftMethod):
 
     def compute_selection(self, model, batches, num_classes):
         """Sum the SupCon gradients of the candidate weights over `batches` on a private copy of
-        `model` (eval mode), then keep the top-K |gradient| entries of every row."""
+        `model` (train mode by default, as the official code), then keep the top-K |gradient| entries
+        of every row."""
         c = self.config
-        work = copy.deepcopy(model).eval()
+        work = copy.deepcopy(model).train(c.selection_mode == "train")
         names = self.candidate_layers(work)
         for param in work.parameters():
             param.requires_grad_(False)
@@ -233,12 +280,14 @@ class Gps(PeftMethod):
                               f"not {type(work).__name__}")
         device = weights[0].device
         gen = torch.Generator().manual_seed(torch.initial_seed() % (2 ** 63))
+        cfg = getattr(work, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", _IMAGENET_MEAN), cfg.get("std", _IMAGENET_STD)
         summed = [torch.zeros_like(w) for w in weights]
         seen = 0
         for images, labels in batches:
             images = images.to(torch.float32)
             if c.contrast_views:
-                views = torch.cat([contrast_view(images, gen), contrast_view(images, gen)])
+                views = torch.cat([contrast_view(images, gen, mean, std), contrast_view(images, gen, mean, std)])
             else:
                 views = torch.cat([images, images])
             labels = labels.to(torch.int64)

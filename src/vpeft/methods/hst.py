@@ -11,9 +11,14 @@ Placement (as in the official code, AFeng-x/HST `models/vit_hsn.py`, read for th
   per stage, the paper's block indices 2, 5, 8, 11). Every backbone block j feeds one side block of
   its stage, so the side network has L blocks.
 * Meta tokens ("Meta-Token" / later "Meta-Register"): `meta_tokens` learnable vectors per backbone
-  block j (paper: 1), read out by block j. Adaptive Feature Bridge ("Transformation Bridge"): one
-  Linear(D, d_s) per stage, shared by the meta-token outputs (followed by a LayerNorm per block)
-  and by block j's patch tokens (bilinearly resized to the side grid; no norm).
+  block j (paper: 1), *prepended to block j's input* (after the position embedding, no position of
+  their own): the patch tokens attend to them inside the block, and block j's output at those
+  positions is the meta-token output; they are dropped again before block j+1, which gets its own
+  (`forward_features` of the official `ViT_HSN`). The backbone's block LayerNorms (norm1, norm2 of
+  every block) are trained too (`freeze_vit`: every tensor named `block`+`norm`). Adaptive Feature
+  Bridge ("Transformation Bridge"): one Linear(D, d_s) per stage, shared by the meta-token outputs
+  (followed by a LayerNorm per block) and by block j's patch tokens (bilinearly resized to the side
+  grid; no norm).
 * Side block: x <- x + CrossAttn(LN(x); kv = [bridged meta tokens, mean of bridged patch tokens]);
   x <- x + bridged patch tokens of block j; x <- x + MLP(LN(x)) (ratio 4, GELU). LN after each stage.
 * Classification: mean of the last stage's tokens -> BatchNorm1d(affine=False) -> the head.
@@ -26,15 +31,12 @@ average pooling and a frozen `fc_norm` LayerNorm applies that norm to the padded
 ViT-B/16 and the demo ViT pool the CLS token, where `fc_norm` is the identity.) The hook handles
 are kept on the side network (`remove_hooks()`).
 
-Deviation, needed for side-tuning proper (`needs_backbone_grad = False`): the official code
-*prepends* meta token j to block j's input sequence (VPT-Deep-like) and also trains the LayerNorms
-inside the frozen blocks, so its backward pass runs through the whole backbone. Here the backbone
-stream stays the pretrained one: meta token j is read out by block j as a *query* of the frozen
-block -- LN1, the block's own qkv projection, attention over [itself, the block's (detached) keys
-and values], proj, LN2 and MLP, exactly the computation block j would do for a prepended token --
-but the patch tokens do not attend to it. The backward pass touches one token per frozen block (the
-frozen weights get no gradient) and none of the blocks' outputs carries an autograd graph. The
-backbone's LayerNorms stay frozen.
+`meta_mode: readout` is the project's side-tuning variant (`needs_backbone_grad` off for it): the
+backbone stream stays the pretrained one: meta token j is read out by block j as a *query* of the
+frozen block -- LN1, the block's own qkv projection, attention over [itself, the block's (detached)
+keys and values], proj, LN2 and MLP, exactly the computation block j would do for a prepended token --
+but the patch tokens do not attend to it, and the block LayerNorms stay frozen. No block output then
+carries an autograd graph (memory of a side network), at the price of not being HST as published.
 
 Init (official): side Linears trunc-normal(0.02) with zero bias, LayerNorms 1/0, convs
 N(0, 2/fan_out) with zero bias, BatchNorm 1/0, meta tokens Xavier-uniform.
@@ -44,23 +46,25 @@ Parameters (head excluded), D backbone width, L depth, M meta tokens, n_s blocks
   + sum_{s>1} (9 d_{s-1} d_s + 3 d_s)                  (stage convs + LN)
   + sum_s [n_s (12 d_s^2 + 13 d_s) + 2 d_s + D d_s + d_s + 2 n_s d_s]   (blocks, stage LN, bridge, meta LNs)
   + L M D                                              (meta tokens)
-ViT-B/16 at the paper's settings: 727,976. The official code's own count at the same settings is
-764,840 = 727,976 + 36,864 (the 12 x 4 x 768 backbone LayerNorm parameters it also trains, which a
-side-tuning method cannot); with a VTAB head (73 C) that gives the published 0.78 M only roughly
-(0.77 M for CIFAR-100's 100 classes), so `published` is not asserted. Not mergeable (the side
-network is extra computation at inference).
+  + 4 L D                                              (block LayerNorms, `meta_mode: prepend`)
+ViT-B/16 at the paper's settings: 764,840 (the official code's count; 727,976 in `readout` mode).
+With a VTAB head (73 C for d_S = 72) that gives the published 0.78 M only roughly (0.77 M for
+CIFAR-100's 100 classes; the 19-task mean head, 73 x 49.5, gives 0.77 M too), so `published` is not
+asserted. Not mergeable (the side network is extra computation at inference).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import official_code
 from .registry import register_method
 
 
@@ -72,6 +76,9 @@ class HstConfig(MethodConfig):
     meta_tokens: meta tokens per backbone block (paper: 1).
     mlp_ratio: hidden width of the side blocks' MLP relative to d_s (paper: 4).
     drop_path: stochastic-depth rate of the side blocks, linearly increasing (paper: per task).
+    meta_mode: `prepend` (official: meta tokens enter every block's input, block LayerNorms train) or
+        `readout` (side-tuning variant: meta tokens only read the frozen blocks, nothing in the
+        backbone trains or carries a graph).
     """
 
     stage_dims: tuple[int, ...] = field(default=(32, 48, 64, 72), metadata={"help": "side stage widths"})
@@ -79,6 +86,7 @@ class HstConfig(MethodConfig):
     meta_tokens: int = field(default=1, metadata={"help": "meta tokens per backbone block"})
     mlp_ratio: float = field(default=4.0, metadata={"help": "side MLP ratio"})
     drop_path: float = field(default=0.0, metadata={"help": "side stochastic depth (max rate)"})
+    meta_mode: str = field(default="prepend", metadata={"help": "prepend (official) | readout (side-tuning)"})
 
     def validate(self):
         try:
@@ -101,6 +109,8 @@ class HstConfig(MethodConfig):
             raise MethodError(f"hst.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path < 1.0:
             raise MethodError(f"hst.drop_path must be in [0, 1), got {self.drop_path}")
+        if self.meta_mode not in ("prepend", "readout"):
+            raise MethodError(f"hst.meta_mode must be 'prepend' or 'readout', got {self.meta_mode!r}")
 
 
 def _init_side(module: nn.Module) -> None:
@@ -261,11 +271,17 @@ class HstSideNetwork(MethodLayer):
         self.meta = nn.Parameter(torch.empty(depth, config.meta_tokens, dim).uniform_(-bound, bound))
         self.pool_norm = nn.BatchNorm1d(dims[-1], affine=False, eps=1e-6)
 
+        self.prepend = config.meta_mode == "prepend"
         self._cache: dict = {}
+        # partials of bound methods (not closures): a deep copy of the model rebinds them to its copy
         self._handles = [model.patch_embed.register_forward_pre_hook(self._keep_image)]
         for j, block in enumerate(model.blocks):
-            self._handles.append(block.attn.qkv.register_forward_hook(self._keeper("qkv", j)))
-            self._handles.append(block.register_forward_hook(self._keeper("out", j)))
+            if self.prepend:
+                self._handles.append(block.register_forward_pre_hook(partial(self._prepend_meta, j)))
+                self._handles.append(block.register_forward_hook(partial(self._split_meta, j)))
+            else:
+                self._handles.append(block.attn.qkv.register_forward_hook(partial(self._keep, "qkv", j)))
+                self._handles.append(block.register_forward_hook(partial(self._keep, "out", j)))
         self._handles.append(model.norm.register_forward_hook(self._deliver))
 
     # -- hooks ------------------------------------------------------------------------------
@@ -273,10 +289,22 @@ class HstSideNetwork(MethodLayer):
         self._cache.clear()
         self._cache["image"] = args[0].detach()
 
-    def _keeper(self, kind: str, index: int):
-        def hook(module, args, output):
-            self._cache[(kind, index)] = output.detach()
-        return hook
+    def _keep(self, kind: str, index: int, module, args, output):
+        self._cache[(kind, index)] = output.detach()
+
+    def _prepend_meta(self, index: int, module, args):
+        x = args[0]
+        meta = self.meta[index].unsqueeze(0).expand(x.shape[0], -1, -1).to(x.dtype)
+        return (torch.cat([meta, x], dim=1), *args[1:])
+
+    def _split_meta(self, index: int, module, args, output):
+        """Keep block `index`'s meta-token outputs and its token stream (with their graphs: the meta
+        tokens and block norms train through them); the next block sees the stream alone."""
+        m = self.meta.shape[1]
+        stream = output[:, m:]
+        self._cache[("meta", index)] = output[:, :m]
+        self._cache[("out", index)] = stream
+        return stream
 
     def _deliver(self, module, args, output):
         if "image" not in self._cache:
@@ -333,7 +361,8 @@ class HstSideNetwork(MethodLayer):
                 x, h, w = self.stage_embeds[s - 1](x.transpose(1, 2).reshape(batch, -1, h, w))
             for j, block in zip(group, blocks):
                 bridged = self._bridged_patches(j, s, grid_hw, (h, w))
-                meta = self.meta_norms[j](self.bridges[s](self.meta_readout(j, batch)))
+                meta_out = self._cache[("meta", j)] if self.prepend else self.meta_readout(j, batch)
+                meta = self.meta_norms[j](self.bridges[s](meta_out))
                 kv = torch.cat([meta, bridged.mean(dim=1, keepdim=True)], dim=1)
                 x = block(x, kv, bridged)
             x = self.stage_norms[s](x)
@@ -352,11 +381,28 @@ class Hst(PeftMethod):
     category = "side"
     config_cls = HstConfig
     mergeable = False
-    needs_backbone_grad = False
     paper = "Lin et al., Hierarchical Side-Tuning for Vision Transformers, arXiv:2310.05393, 2023"
+    provenance = official_code(
+        "AFeng-x/HST", "ee89571c646e6d60cdddea9ff7b4ab521558a49d", "models/vit_hsn.py",
+        notes="meta_mode: readout is the project's side-tuning variant (frozen blocks, no graph)")
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        # the official HST trains through the backbone (prepended meta tokens, block norms)
+        self.needs_backbone_grad = self.config.meta_mode == "prepend"
 
     def inject(self, model):
         if hasattr(model, "hst_side"):
             raise MethodError("model already has an HST side network")
         model.add_module("hst_side", HstSideNetwork(model, self.config))
         return ["patch_embed"] + [f"blocks.{i}" for i in range(len(model.blocks))] + ["norm"]
+
+    def select_backbone_parameters(self, model):
+        """`prepend`: the block LayerNorms (official `freeze_vit` trains every `block` + `norm` tensor)."""
+        if self.config.meta_mode != "prepend":
+            return []
+        return [f"blocks.{i}.{name}" for i, block in enumerate(model.blocks)
+                for name, _ in block.named_parameters() if "norm" in name.rpartition(".")[0].rpartition(".")[2]]
+
+    def frozen_prefix_blocks(self, model):
+        return 0 if self.config.meta_mode == "prepend" else len(model.blocks)

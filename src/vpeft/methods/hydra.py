@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import official_code
 from .registry import register_method
 
 
@@ -154,6 +155,9 @@ class Hydra(PeftMethod):
     config_cls = HydraConfig
     mergeable = True
     paper = "Kim et al., Hydra: Multi-head Low-rank Adaptation, Neural Networks 2024 (arXiv 2309.06922)"
+    provenance = official_code(
+        "extremebird/Hydra", "4138457859666d49b9ca9e45473d8570586670bb",
+        "vtab1k/hydra.py")
 
     def inject(self, model):
         c = self.config

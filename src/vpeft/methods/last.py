@@ -36,6 +36,7 @@ from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
 from .hst import check_vit
+from .base import from_paper
 from .registry import register_method
 
 
@@ -153,6 +154,9 @@ class Last(PeftMethod):
     mergeable = False
     needs_backbone_grad = False
     paper = "Tang et al., Low-rank Attention Side-Tuning for Parameter-Efficient Fine-Tuning, arXiv:2402.04009, 2024"
+    provenance = from_paper(
+        "LAST method description: LSA side modules (no FFN) over groups of frozen blocks",
+        notes="no official code found; V-PETL's LAST file is a VPT copy; 0.66 M not asserted")
 
     def inject(self, model):
         if hasattr(model, "last_side"):

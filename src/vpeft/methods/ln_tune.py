@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import MethodConfig, SelectiveMethod
+from .base import from_paper
 from .registry import register_method
 
 
@@ -23,6 +24,9 @@ class LnTune(SelectiveMethod):
     name = "ln-tune"
     config_cls = LnTuneConfig
     paper = "LayerNorm tuning, as benchmarked by V-PETL Bench (Xin et al., 2024)"
+    provenance = from_paper(
+        "V-PETL Bench (Xin et al., 2024) LN-Tune baseline: train every LayerNorm",
+        notes="no paper of its own; V-PETL code not compared")
 
     def candidate_parameters(self, model):
         return [f"{module_name}.{param_name}"

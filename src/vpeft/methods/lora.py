@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import official_code
 from .registry import register_method
 
 _QKV = ("q", "k", "v")
@@ -128,6 +129,9 @@ class Lora(PeftMethod):
     config_cls = LoraConfig
     mergeable = True
     paper = "Hu et al., LoRA, ICLR 2022"
+    provenance = official_code(
+        "microsoft/LoRA", "c4593f060e6a368d7bb5af5273b8e42810cdef90", "loralib/layers.py",
+        notes="MergedLinear on qkv with enable_lora q, v; also equals huggingface peft")
 
     def inject(self, model):
         c = self.config

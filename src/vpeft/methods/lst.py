@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import variant
 from .registry import register_method
 
 
@@ -275,6 +276,10 @@ class Lst(PeftMethod):
     needs_backbone_grad = False
     paper = ("Sung et al., LST: Ladder Side-Tuning for Parameter and Memory Efficient Transfer Learning, "
              "NeurIPS 2022")
+    provenance = variant(
+        "ViT port of LST: the official code (ylsung/Ladder-Side-Tuning@1798e82) is T5 / CLIP-ViL; "
+        "side width d/8, one side block per backbone block, magnitude- not Fisher-pruned init",
+        notes="reproduces V-PETL's 2.38 M")
 
     def inject(self, model):
         if hasattr(model, "lst_side"):

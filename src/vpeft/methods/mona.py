@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import official_code
 from .registry import register_method
 
 
@@ -194,6 +195,10 @@ class Mona(PeftMethod):
     config_cls = MonaConfig
     mergeable = False
     paper = "Yin et al., 5%>100%: Breaking Performance Shackles of Full Fine-Tuning (Mona), CVPR 2025"
+    provenance = official_code(
+        "Leiyi-Hu/mona", "5deeac9f4fc5e788b7fa0132ec568cd256afca12",
+        "Swin-Transformer-Classification/mmcls/models/backbones/swin_transformer_mona.py",
+        notes="published 4.16 M / 5.08 M not reproduced by the code's per-block formula")
 
     def inject(self, model):
         c = self.config

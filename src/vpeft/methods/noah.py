@@ -73,6 +73,7 @@ from .base import (
     classifier_parameter_names,
     replace_module,
 )
+from .base import official_code
 from .registry import register_method
 
 #: The three per-block dimension lists of a subnet, in the order NOAH lists them.
@@ -440,6 +441,10 @@ class Noah(PeftMethod):
     config_cls = NoahConfig
     mergeable = False
     paper = "Zhang, Zhou & Liu, Neural Prompt Search (NOAH), arXiv 2206.04673, 2022"
+    provenance = official_code(
+        "ZhangYuanhan-AI/NOAH", "e9c55f360be4f7f1133a08bf84f86f0309e98f8c",
+        "model/supernet_vision_transformer_timm.py", "model/module/adapter_super.py",
+        "model/module/qkv_super_prompt.py", "evolution.py")
     #: The workflow trains a supernet, searches a subnet on val200 and retrains it (engine.noah_search).
     needs_search = True
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import from_paper
 from .registry import register_method
 
 
@@ -168,6 +169,10 @@ class PrefixTuning(PeftMethod):
     config_cls = PrefixTuningConfig
     mergeable = False
     paper = "Li & Liang, Prefix-Tuning, ACL 2021 (key/value prefixes in every ViT attention layer)"
+    provenance = from_paper(
+        "Li & Liang: the method, key/value prefixes at every attention layer, reparameterised by an MLP",
+        "V-PETL video code's ViT scheme (p prefixes, MLP width m)",
+        notes="no official ViT code")
 
     def inject(self, model):
         c = self.config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .base import CATEGORIES, MethodConfig, MethodError, PeftMethod
+from .base import CATEGORIES, MethodConfig, MethodError, PeftMethod, Provenance
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _METHODS: dict[str, type[PeftMethod]] = {}
@@ -24,6 +24,13 @@ def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
     if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)
             and dataclasses.is_dataclass(config_cls)):
         raise MethodError(f"method '{name}': config_cls must be a MethodConfig dataclass")
+    provenance = getattr(
+        cls, "provenance", None)
+    if not isinstance(provenance, Provenance):
+        raise MethodError(f"method '{name}': set `provenance` (official_code / from_paper / variant) "
+                          f"to say how the implementation was verified")
+    if provenance.problems():
+        raise MethodError(f"method '{name}': provenance: {'; '.join(provenance.problems())}")
     _METHODS[name] = cls
     return cls
 
@@ -53,3 +60,10 @@ def build_method(name: str, hparams: dict | None = None) -> PeftMethod:
     """Instantiate a method from its name and a dict of hyper-parameters (validated by its config)."""
     cls = get_method_class(name)
     return cls(cls.config_cls.from_dict(hparams, method=name))
+
+
+def method_report_info(name: str) -> dict:
+    """What the report shows beside a method's row: family, mergeability, reference and provenance."""
+    cls = get_method_class(name)
+    return {"family": cls.category, "mergeable": cls.mergeable, "paper": cls.paper,
+            "verified": cls.provenance.kind, "verified_detail": cls.provenance.summary()}

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, leading_untouched_blocks, wrap_modules
+from .base import official_code
 from .registry import register_method
 
 
@@ -135,6 +136,9 @@ class RepAdapter(PeftMethod):
     config_cls = RepAdapterConfig
     mergeable = True
     paper = "Luo et al., Towards Efficient Visual Adaption via Structural Re-parameterization (RepAdapter), 2023"
+    provenance = official_code(
+        "luogen1996/RepAdapter", "360992fc2a36f069fd168754f14bc1986d869a8f",
+        "repadapter.py", notes="counts the up-projection biases the code trains")
 
     def inject(self, model):
         c = self.config

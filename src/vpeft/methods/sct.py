@@ -37,6 +37,7 @@ from .base import (
     replace_module,
     transformer_blocks,
 )
+from .base import from_paper
 from .registry import register_method
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
@@ -95,6 +96,10 @@ class Sct(PeftMethod):
     config_cls = SctConfig
     mergeable = False
     paper = "Zhao et al., SCT: A Simple Baseline for PEFT via Salient Channels, 2023 (IJCV)"
+    provenance = from_paper(
+        "Zhao et al. (IJCV): task-specific salient channels by activation norm on the training set",
+        "V-PETL count 0.11 M = L (N^2 + N), N = 96",
+        notes="official showlab/SCT not compared; V-PETL's reuse of it was read")
     needs_selection = True
 
     def _blocks(self, model: nn.Module) -> list[str]:

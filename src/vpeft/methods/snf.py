@@ -48,6 +48,7 @@ from timm.models.vision_transformer import Block as VitBlock
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import official_code
 from .registry import register_method
 
 _SHORTCUTS = ("attn", "mlp")
@@ -145,6 +146,9 @@ class Snf(PeftMethod):
     config_cls = SnfConfig
     mergeable = False
     paper = "Wang et al., Adapting Shortcut with Normalizing Flow (SNF), CVPR 2023"
+    provenance = official_code(
+        "Wang-Yaoming/SNF", "a6f85b11957412e997933c244df713540c6297eb", "snf.py", "flow.py",
+        notes="K = 1 planar flow by default (official flow_length 16) to fit V-PETL's 0.25 M")
 
     def inject(self, model):
         _check_vit(model)

@@ -37,6 +37,7 @@ from .base import (
     leading_untouched_blocks,
     wrap_modules,
 )
+from .base import official_code
 from .registry import register_method
 
 _DEFAULT_TARGETS = (r"^patch_embed\.(proj|norm)$"
@@ -126,6 +127,9 @@ class Ssf(PeftMethod):
     config_cls = SsfConfig
     mergeable = True
     paper = "Lian et al., Scaling & Shifting Your Features (SSF), NeurIPS 2022"
+    provenance = official_code(
+        "dongzelian/SSF", "e94e0e704a4ece1986a537c97a95158b46838f71",
+        "models/vision_transformer.py", "models/swin_transformer.py")
 
     def inject(self, model):
         c = self.config

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, wrap_modules
+from .base import from_paper
 from .registry import register_method
 
 
@@ -165,6 +166,10 @@ class UTuning(PeftMethod):
     mergeable = False
     paper = ("Jiang et al., Rethinking Efficient Tuning Methods from a Unified Perspective (U-Tuning), "
              "arXiv 2303.00690, 2023")
+    provenance = from_paper(
+        "U-Tuning framework: frozen operation + parallel U-tuner derived from prefix tuning",
+        "V-PETL FGVC table 0.36 M = p = 10 parallel prefix + FGVC head",
+        notes="full text and any code not read; instantiation is our reading")
 
     def inject(self, model):
         c = self.config

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import official_code
 from .registry import register_method
 
 
@@ -88,6 +89,9 @@ class _Vpt(PeftMethod):
     config_cls = VptConfig
     mergeable = False
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022"
+    provenance = official_code(
+        "KMnP/vpt", "4410440ec1b489f24f66b9fad3d9b10ff3443567", "src/models/vit_prompt/vit.py",
+        "src/configs/config.py")
     deep: bool
 
     def inject(self, model):
