@@ -315,5 +315,13 @@ def _record(study, run, dims, settings, kind, budget, seed, study_dir, study_nam
         "base_training": {d.key: run["training"].get(d.key) for d in dims if d.section == "training"},
         "base_hparams": {d.key: run.get("method_hparams", {}).get(d.key) for d in dims if d.section == "hparams"},
         "trials": trials,
-        "provenance": provenance(),
+        "run": run,  # the resolved settings every trial starts from (val protocol, first seed)
+        "provenance": _provenance(),
     }
+
+
+def _provenance() -> dict:
+    from importlib.metadata import version
+
+    record = provenance()
+    return {**record, "packages": {**record["packages"], "optuna": version("optuna")}}
