@@ -100,6 +100,10 @@ def load_method_configs(methods_dir: str | Path, schema_path: str | Path | None 
                 cls.config_cls.from_dict(hparams, method=name)
             except MethodError as err:
                 raise ConfigError(f"{path}: {where}: {err}") from None
+        unknown = sorted(set(((data.get("tune") or {}).get("hparams") or {})) - set(cls.config_cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"{path}: tune.hparams: {unknown} are not hyper-parameters of '{name}'; "
+                              f"valid: {', '.join(sorted(cls.config_cls.__dataclass_fields__))}")
         out[name] = data
     return out
 
@@ -196,3 +200,62 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
         "layout": suite["layout"],
         "data": dict(suite.get("data") or {}),
     }
+
+
+TUNING_SAMPLERS = ("grid", "optuna")
+
+
+def suite_tuning(config: dict, suites: dict[str, dict], method_configs: dict[str, dict], suite_name: str) -> dict | None:
+    """The suite's hyper-parameter search settings (`suites.<s>.tuning`), or None when tuning is off.
+
+    `tuning: off | grid | optuna` (a bare YAML `off` reads as false) or a mapping
+    `{sampler, trials, methods, pruning, report_every, seed, space}`; unset keys come from the
+    top-level `tuning:` section. Methods with a search stage of their own (NOAH) are never tuned.
+    """
+    from .methods import get_method_class
+
+    suite = suites[suite_name]
+    raw = suite.get("tuning", "off")
+    if raw is None or raw is False:
+        raw = "off"
+    if isinstance(raw, str):
+        raw = {"sampler": raw}
+    sampler = raw.get("sampler", "off")
+    if sampler in ("off", False, None):
+        return None
+    where = f"suites.{suite_name}.tuning"
+    if sampler not in TUNING_SAMPLERS:
+        raise ConfigError(f"{where}.sampler: unknown sampler '{sampler}'; valid: off, {', '.join(TUNING_SAMPLERS)}")
+    if suite["kind"] == "dense":
+        raise ConfigError(f"{where}: tuning runs through the image/video engine; the dense track has no val split")
+    defaults = config.get("tuning") or {}
+    all_methods = suite_methods(suite_name, suite, method_configs)
+    methods = raw.get("methods", "all")
+    if methods == "all":
+        methods = [m for m in all_methods if not get_method_class(m).needs_search]
+    else:
+        for m in methods:
+            if m not in all_methods:
+                raise ConfigError(f"{where}.methods: '{m}' is not one of the suite's methods ({', '.join(all_methods)})")
+            if get_method_class(m).needs_search:
+                raise ConfigError(f"{where}.methods: '{m}' has a search stage of its own and is not tuned")
+    seeds = config["seeds"]
+    return {"sampler": sampler, "methods": list(methods),
+            "trials": int(raw.get("trials", defaults.get("trials", 20))),
+            "pruning": bool(raw.get("pruning", defaults.get("pruning", True))),
+            "report_every": int(raw.get("report_every", defaults.get("report_every", 1))),
+            # the search's own seed; its trials train with the suite's first seed
+            "seed": int(raw.get("seed", seeds[0])), "run_seed": int(seeds[0])}
+
+
+def method_search_space(config: dict, suites: dict[str, dict], method_configs: dict[str, dict], suite_name: str,
+                        method: str) -> dict:
+    """Search space of one method on one suite (later wins): top-level `tuning.space` < the method's
+    `tune:` (its own size hyper-parameter, or other ranges) < `suites.<s>.tuning.space`.
+    A dimension set to null is removed."""
+    space = deep_merge((config.get("tuning") or {}).get("space") or {}, method_configs[method].get("tune"))
+    raw = suites[suite_name].get("tuning")
+    if isinstance(raw, dict):
+        space = deep_merge(space, raw.get("space"))
+    return {section: {k: v for k, v in (entries or {}).items() if v is not None}
+            for section, entries in space.items()}

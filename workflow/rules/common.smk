@@ -1,6 +1,7 @@
 # Config validation and the input functions every rule uses. The logic lives in the library
 # (vpeft.config); this file only wires it to Snakemake.
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -11,10 +12,12 @@ from vpeft.config import (  # noqa: E402
     ConfigError,
     data_root,
     load_method_configs,
+    method_search_space,
     resolve_run,
     job_resources,
     resolve_suites,
     suite_methods,
+    suite_tuning,
     validate_against_schema,
 )
 
@@ -32,6 +35,8 @@ try:
         if _suite not in SUITES:
             raise ConfigError(f"default_suites: unknown suite '{_suite}'; valid: {', '.join(sorted(SUITES))}")
     SUITE_METHODS = {name: suite_methods(name, suite, METHOD_CONFIGS) for name, suite in SUITES.items()}
+    # Hyper-parameter search per suite (rule tune_method); None where tuning is off.
+    SUITE_TUNING = {name: suite_tuning(config, SUITES, METHOD_CONFIGS, name) for name in SUITES}
 except ConfigError as _err:
     raise WorkflowError(f"invalid configuration: {_err}") from None
 
@@ -159,9 +164,21 @@ def get_search_run_config(wildcards):
     return {**run, "protocol": {**config["protocols"]["val"], "name": "val"}}
 
 
+def is_tuned(suite, method):
+    return SUITE_TUNING.get(suite) is not None and method in SUITE_TUNING[suite]["methods"]
+
+
+def tuned_path(suite, method, task):
+    return f"results/{suite}/{method}/{task}/tuned.json"
+
+
 def get_stage_inputs(wildcards):
-    """Earlier stages a run reads: the cached selection of data-dependent methods, NOAH's searched subnet."""
+    """Earlier stages a run reads: the cached selection of data-dependent methods, NOAH's searched subnet,
+    the setting a hyper-parameter search chose."""
     folder = f"results/{wildcards.suite}/{wildcards.method}/{wildcards.task}/seed-{wildcards.seed}"
+    if is_tuned(wildcards.suite, wildcards.method):
+        # a tuned setting may change what a selection method selects: the run selects in-process then
+        return {"tuned": tuned_path(wildcards.suite, wildcards.method, wildcards.task)}
     if wildcards.method in SELECTION_METHODS:
         return {"selection": f"{folder}/selection.safetensors"}
     if wildcards.method in SEARCHED_METHODS:
@@ -204,7 +221,7 @@ def suite_report_info(name):
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": task_groups(suite),
             "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": [],
-            "families": method_families(SUITE_METHODS[name])}
+            "families": method_families(SUITE_METHODS[name]), "base_suite": suite.get("base_suite")}
 
 
 def task_groups(suite):
@@ -216,6 +233,40 @@ def task_groups(suite):
 def method_families(methods):
     """Family, mergeability, reference and provenance of each method, for the report's grouped table."""
     return {method: method_report_info(method) for method in methods}
+
+
+def get_tune_run_config(wildcards):
+    """The run that every trial starts from: the suite's first seed, under the `val` protocol."""
+    seed = SUITE_TUNING[wildcards.suite]["run_seed"]
+    return get_search_run_config(Namespace(suite=wildcards.suite, method=wildcards.method, task=wildcards.task,
+                                           seed=seed))
+
+
+def get_tune_settings(wildcards):
+    settings = SUITE_TUNING[wildcards.suite]
+    space = method_search_space(config, SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method)
+    return {"space": space, **{k: settings[k] for k in ("sampler", "trials", "pruning", "report_every", "seed")}}
+
+
+def tuned_suites(names):
+    return [name for name in names if SUITE_TUNING.get(name)]
+
+
+def suite_tuned_files(name):
+    return [tuned_path(name, m, t) for m in SUITE_TUNING[name]["methods"] for t in SUITES[name]["tasks"]]
+
+
+def get_fixed_setting_runs(wildcards):
+    """Runs of the same methods with the configured (fixed) settings: the suite the tuned one extends."""
+    base = SUITES[wildcards.suite].get("base_suite")
+    if not base:
+        return []
+    methods = [m for m in SUITE_TUNING[wildcards.suite]["methods"] if m in SUITE_METHODS[base]]
+    return [run_path(base, m, t, s) for m in methods for t in SUITES[base]["tasks"] for s in SEEDS]
+
+
+def get_report_tuned(wildcards):
+    return [path for name in tuned_suites(config["default_suites"]) for path in suite_tuned_files(name)]
 
 
 def get_final_output():
@@ -269,5 +320,6 @@ def build_report_after_failure():
     from vpeft.report.build import build_report
 
     speed = get_speed_benchmark(None)
-    build_report(get_report_runs(None), report_suites(), "reports/index.html", bench_path=speed[0] if speed else None)
+    build_report(get_report_runs(None), report_suites(), "reports/index.html", bench_path=speed[0] if speed else None,
+                 tuned_paths=[p for p in get_report_tuned(None) if Path(p).exists()])
     print("reports/index.html rebuilt: failed and missing runs are marked in it", file=sys.stderr)

@@ -21,6 +21,7 @@ rule report:
         tables=expand("results/{suite}/table.csv", suite=config["default_suites"]),
         runs=get_report_runs,
         speed=get_speed_benchmark,
+        tuned=get_report_tuned,
     output:
         "reports/index.html",
     params:

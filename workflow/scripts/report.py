@@ -1,4 +1,5 @@
-"""Snakemake script: all runs of the default suites -> reports/index.html."""
+"""Snakemake script: all runs of the default suites -> reports/index.html (rule report); a tuned suite's
+runs and searches -> reports/tuning/<suite>.html (rule tuning_report)."""
 
 import sys
 from pathlib import Path
@@ -9,5 +10,6 @@ from vpeft.logs import log_to_file  # noqa: E402
 from vpeft.report.build import build_report  # noqa: E402
 
 log_to_file(snakemake.log[0])
+speed = snakemake.input.get("speed")
 build_report(snakemake.input.runs, snakemake.params.suites, snakemake.output[0],
-             bench_path=snakemake.input.speed[0] if snakemake.input.speed else None)
+             bench_path=speed[0] if speed else None, tuned_paths=snakemake.input.get("tuned", []))

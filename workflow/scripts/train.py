@@ -6,12 +6,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.engine.train import run_training, with_searched_hparams  # noqa: E402
+from vpeft.engine.tune import with_tuned_settings  # noqa: E402
 from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
 run = snakemake.params.run
 if "subnet" in snakemake.input.keys():
     run = with_searched_hparams(run, snakemake.input.subnet)
+if "tuned" in snakemake.input.keys():  # the setting the suite's hyper-parameter search chose on val200
+    run = with_tuned_settings(run, snakemake.input.tuned)
 metrics = run_training(run, snakemake.output.metrics, threads=snakemake.threads,
                        selection_path=snakemake.input.get("selection"))
 console(finished_run_line(metrics))

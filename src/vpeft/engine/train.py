@@ -238,7 +238,7 @@ def build_run_model(run: RunConfig, tc: TrainingConfig, base_dir) -> tuple[Backb
 
 
 def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".",
-                 device: str | None = None, selection_path: str | Path | None = None) -> dict:
+                 device: str | None = None, selection_path: str | Path | None = None, on_epoch_end=None) -> dict:
     """Train, evaluate, and write `metrics_path` atomically. Returns the metrics dict.
 
     Every epoch the training state is saved to `checkpoint/` beside `metrics_path` (not a declared
@@ -248,11 +248,14 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
 
     Methods with a selection stage read it from `selection_path` (the workflow's cached
     `select_parameters` output) or, without one, compute it in-process first: same result either way.
+
+    `on_epoch_end(epoch, score)`, if given, is called after each epoch's checkpoint; `score()` returns
+    the current (unmerged) model's top-1 on the protocol's eval split (a tuner's per-epoch report).
     """
     metrics_path = Path(metrics_path)
     failure = metrics_path.with_name(FAILURE_RECORD)
     try:
-        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device, selection_path)
+        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device, selection_path, on_epoch_end)
     except Exception as err:
         atomic_write_json(failure, {
             "schema": RUN_SCHEMA, "status": "failed",
@@ -264,7 +267,8 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
     return metrics
 
 
-def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device, selection_path) -> dict:
+def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device, selection_path,
+                        on_epoch_end=None) -> dict:
     from timm.scheduler import CosineLRScheduler
 
     run = RunConfig.from_dict(values)
@@ -375,6 +379,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
             "shuffle_rng": shuffle_rng.get_state(), "python_rng": list(_flatten_random_state(random.getstate())),
         })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, lambda: evaluate(model, eval_loader, dev, views=views, autocast=autocast)[0])
 
     cache = forward = train_loader = None  # release the stored features before evaluation
     # Kept before merging (the method's own tensors) and before metrics.json (the "done" marker).

@@ -9,11 +9,14 @@ from .findings import add_findings
 from .html import build_context, render_report
 from .speed import load_speed_benchmark
 from .tables import load_runs
+from .tuning import tuning_context
 
 
-def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench_path=None) -> None:
-    """``bench_path``: the speed benchmark's JSON (bench/run.py), shown as the report's speed table."""
+def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench_path=None, tuned_paths=()) -> None:
+    """``bench_path``: the speed benchmark's JSON (bench/run.py), shown as the report's speed table;
+    ``tuned_paths``: hyper-parameter searches (tuned.json), shown as the sensitivity section."""
     runs = load_runs(run_paths)
     context = build_context(runs, add_findings(runs, suites))
     context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
+    context["tuning"] = tuning_context(tuned_paths, suites) if tuned_paths else None
     render_report(context, out_path)

@@ -621,6 +621,7 @@ def build_context(
         "suites": [_dense_suite_context(runs, name, cfg) if cfg.get("kind") == "dense" else
                    _suite_context(runs, name, cfg) for name, cfg in suites.items()],
         "speed": None,  # vpeft.report.speed.load_speed_benchmark(...) to show the speed benchmark
+        "tuning": None,  # vpeft.report.tuning.tuning_context(...) to show the hyper-parameter sensitivity
     }
 
 
