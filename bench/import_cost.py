@@ -1,7 +1,7 @@
 """Section `imports`: what a short training job spends importing, now and at a baseline commit.
 
 A training job of the default run (`vtab-mini`: the vit-demo backbone, LoRA, one epoch here) runs in
-a fresh process under `python -X importtime` (`import_worker.py`), once with this checkout's `src/`
+a fresh process under `python -X importtime` (`run_worker.py`), once with this checkout's `src/`
 and once with `src/` of `--import-baseline` (a commit before the import work), interleaved. The
 import time is the sum of the self times Python reports (every import of the job, lazy ones
 included); the JSON also keeps the process's wall time and which heavy packages were loaded.
@@ -23,8 +23,9 @@ from pathlib import Path
 from cache_speedup import _task, _values
 from common import REPO
 
-#: Packages an image training job does not need; the test suite checks none of them is loaded.
-HEAVY = ("torch._dynamo", "torch._inductor", "sympy", "triton", "vpeft.video", "vpeft.dense", "pandas", "sklearn",
+#: Packages an image training job does not need; the test suite checks none of them is loaded
+#: (torch._dynamo.eval_frame: the real torch._dynamo, not vpeft._lazy_dynamo's stand-in).
+HEAVY = ("torch._dynamo.eval_frame", "torch._inductor", "sympy", "triton", "vpeft.video", "vpeft.dense", "pandas", "sklearn",
          "skimage", "decord", "mmcv", "matplotlib", "scipy")
 BASELINE_TRAINING_KEYS = ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "lr", "weight_decay",
                           "warmup_lr_init", "lr_min", "label_smoothing", "drop_path", "train_aug", "num_workers",
@@ -54,7 +55,7 @@ def _job(src: Path, run_json: Path, out: Path) -> dict:
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "bench" / "import_worker.py"),
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "bench" / "run_worker.py"),
                              str(run_json), str(out), str(REPO)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
