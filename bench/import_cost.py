@@ -4,7 +4,8 @@ A training job of the default run (`vtab-mini`: the vit-demo backbone, LoRA, one
 a fresh process under `python -X importtime` (`run_worker.py`), once with this checkout's `src/`
 and once with `src/` of `--import-baseline` (a commit before the import work), interleaved. The
 import time is the sum of the self times Python reports (every import of the job, lazy ones
-included); the JSON also keeps the process's wall time and which heavy packages were loaded.
+included); also the whole job's CPU time (which other jobs on a shared machine hardly move), its
+wall time, and which heavy packages it loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,8 +27,8 @@ from common import REPO
 
 #: Packages an image training job does not need; the test suite checks none of them is loaded
 #: (torch._dynamo.eval_frame: the real torch._dynamo, not vpeft._lazy_dynamo's stand-in).
-HEAVY = ("torch._dynamo.eval_frame", "torch._inductor", "sympy", "triton", "vpeft.video", "vpeft.dense", "pandas", "sklearn",
-         "skimage", "decord", "mmcv", "matplotlib", "scipy")
+HEAVY = ("torch._dynamo.eval_frame", "torch._inductor", "sympy", "triton", "vpeft.video", "vpeft.dense", "pandas",
+         "sklearn", "skimage", "decord", "mmcv", "matplotlib", "scipy")
 BASELINE_TRAINING_KEYS = ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "lr", "weight_decay",
                           "warmup_lr_init", "lr_min", "label_smoothing", "drop_path", "train_aug", "num_workers",
                           "weight_decay_1d", "feature_cache", "feature_cache_memory_mb", "feature_cache_dir",
@@ -51,19 +53,24 @@ def _source(commit: str, into: Path) -> Path:
     return into / "src"
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _job(src: Path, run_json: Path, out: Path) -> dict:
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "bench" / "run_worker.py"),
                              str(run_json), str(out), str(REPO)], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu_start
     if result.returncode != 0:
         errors = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
         raise RuntimeError(f"training job with {src} failed:\n{errors[-3000:]}")
     modules = json.loads((out / "modules.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"import_ms": import_ms(result.stderr), "process_seconds": wall, "modules": len(modules),
+    return {"import_ms": import_ms(result.stderr), "process_seconds": wall, "process_cpu_seconds": cpu, "modules": len(modules),
             "heavy_loaded": [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)],
             "top1": metrics["metric"]["value"], "final_loss": metrics["train"]["final_loss"]}
 
@@ -88,9 +95,12 @@ def run(rounds: int, baseline: str) -> dict:
     for name, runs in jobs.items():
         out[name] = {"import_ms": statistics.median(r["import_ms"] for r in runs),
                      "process_seconds": statistics.median(r["process_seconds"] for r in runs),
+                     "process_cpu_seconds": statistics.median(r["process_cpu_seconds"] for r in runs),
                      "modules": runs[0]["modules"], "heavy_loaded": runs[0]["heavy_loaded"],
                      "import_ms_all": [round(r["import_ms"]) for r in runs]}
     out["import_ratio_baseline_over_current"] = out["baseline"]["import_ms"] / out["current"]["import_ms"]
+    out["cpu_ratio_baseline_over_current"] = (out["baseline"]["process_cpu_seconds"]
+                                              / out["current"]["process_cpu_seconds"])
     out["same_result"] = all(a["top1"] == b["top1"] and a["final_loss"] == b["final_loss"]
                              for a, b in zip(jobs["baseline"], jobs["current"]))
     return out
