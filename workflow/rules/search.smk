@@ -20,6 +20,7 @@ rule noah_supernet:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu_slots=1,
     conda:
         ENV
     script:
@@ -43,6 +44,7 @@ rule noah_search:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu_slots=1,
     conda:
         ENV
     script:

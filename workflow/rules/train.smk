@@ -16,6 +16,7 @@ rule train_run:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu_slots=1,
     conda:
         ENV
     script:
@@ -39,6 +40,7 @@ rule select_parameters:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu_slots=1,
     conda:
         ENV
     script:
