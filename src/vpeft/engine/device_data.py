@@ -45,7 +45,9 @@ class DeviceBatches:
 
 class _DeviceAugment:
     """Horizontal flip (p = 0.5) and RandAugment, per image, on uint8 batches on their device. The
-    random draws come from torch's global CPU generator (saved in every checkpoint)."""
+    random draws come from torch's global CPU generator (saved in every checkpoint). RandAugment runs
+    image by image (one op draw each, as V-PETL's): a Python loop of small kernels, whose cost on a
+    GPU is not yet measured (the vtab1k protocol, which the GPU benchmark runs, does not augment)."""
 
     def __init__(self, mean):
         from torchvision.transforms import v2

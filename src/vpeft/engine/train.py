@@ -240,7 +240,10 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     checkpoint_dir = metrics_path.parent / CHECKPOINT_DIR
-    fingerprint = run_fingerprint({**values, "selection": selection_digest(selection)})
+    # what `auto` settings resolved to on this device is part of the run's identity: a checkpoint of a
+    # bf16 GPU run is not resumed as an fp32 CPU run
+    fingerprint = run_fingerprint({**values, "selection": selection_digest(selection),
+                                   "resolved": {"precision": precision, "data_on_device": data_path == "device"}})
     history: list[dict] = []
     train_seconds = 0.0
     seen = 0
