@@ -141,3 +141,29 @@ def test_the_real_dynamo_loads_when_something_compiles_and_eager_code_is_unchang
     """)
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def _epoch(host_each_step: bool, nan_in_step: int | None = None):
+    from vpeft.engine.build import autocast_context
+    from vpeft.engine.train import train_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    images = torch.randn(20, 3, 2, 2)
+    if nan_in_step is not None:
+        images[6 * (nan_in_step - 1)] = float("nan")
+    data = torch.utils.data.TensorDataset(images, torch.arange(20) % 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    return train_epoch(model, model, DataLoader(data, batch_size=6), optimizer, torch.nn.CrossEntropyLoss(),
+                       device="cpu", autocast=autocast_context(torch.device("cpu"), "fp32"), epoch=4,
+                       where=lambda: "toy", host_each_step=host_each_step)
+
+
+def test_the_gpu_way_of_reading_the_loss_once_per_epoch_gives_the_same_sums():
+    step_by_step, per_epoch = _epoch(True), _epoch(False)
+    assert {k: v for k, v in step_by_step.items() if k != "seconds"} == \
+        {k: v for k, v in per_epoch.items() if k != "seconds"}
+    assert per_epoch["images"] == 20
+    for host_each_step in (True, False):
+        with pytest.raises(RuntimeError, match=r"loss is nan at epoch 4, step 3 \(toy\)"):
+            _epoch(host_each_step, nan_in_step=3)

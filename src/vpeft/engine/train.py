@@ -152,15 +152,32 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
 
 
 def train_epoch(model, forward, batches, optimizer, criterion, *, device, autocast, epoch: int,
-                non_blocking: bool = False, move_inputs: bool = True, where=lambda: "") -> dict:
+                non_blocking: bool = False, move_inputs: bool = True, where=lambda: "",
+                host_each_step: bool | None = None) -> dict:
     """One epoch of training: every batch of `batches` through `forward` (the model, or a cached or
     compiled form of it), cross-entropy, backward, optimizer step. Returns the epoch's mean loss,
     training top-1, image count and seconds. `epoch` (1-based) and `where()` name the place of a
-    non-finite loss in its error;
-    `move_inputs=False` leaves inputs as they come (cache indices, batches already on the device)."""
+    non-finite loss in its error; `move_inputs=False` leaves inputs as they come (cache indices,
+    batches already on the device).
+
+    On a GPU the per-step loss and hit count stay on the device and are read back once per epoch
+    (a host sync per step would stall the GPU); the sums, and the step a non-finite loss names, are
+    the same as on a CPU, which reads them step by step (`host_each_step` overrides the choice)."""
     model.train()
+    if host_each_step is None:
+        host_each_step = torch.device(device).type != "cuda"
     start = time.perf_counter()
     loss_sum = correct = count = 0.0
+    on_device: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def add(step: int, loss: float, hits: int, n: int) -> None:
+        nonlocal loss_sum, correct, count
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss is {loss} at epoch {epoch}, step {step + 1} ({where()})")
+        loss_sum += loss * n
+        correct += hits / n * n  # as top1_accuracy(...) * n
+        count += n
+
     for step, (inputs, labels) in enumerate(batches):
         labels = labels.to(device, non_blocking=non_blocking)
         if move_inputs:
@@ -168,14 +185,21 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
         with autocast():
             logits = forward(inputs)
         loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step + 1} ({where()})")
+        if host_each_step and not torch.isfinite(loss):
+            add(step, loss.item(), 0, labels.numel())  # raises
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * labels.numel()
-        correct += top1_accuracy(logits.detach(), labels) * labels.numel()
-        count += labels.numel()
+        hits = (logits.detach().argmax(dim=1) == labels).sum()
+        if host_each_step:
+            add(step, loss.item(), hits.item(), labels.numel())
+        else:
+            on_device.append((loss.detach(), hits, labels.numel()))
+    if on_device:
+        losses = torch.stack([x[0] for x in on_device]).tolist()
+        hit_counts = torch.stack([x[1] for x in on_device]).tolist()
+        for step, (loss, hits, (_, _, n)) in enumerate(zip(losses, hit_counts, on_device)):
+            add(step, loss, hits, n)
     return {"loss": loss_sum / count, "train_top1": correct / count, "images": count,
             "seconds": time.perf_counter() - start}
 
