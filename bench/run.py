@@ -158,6 +158,8 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"default `snakemake --cores {d['cores']}` from nothing ({d['jobs']} jobs)",
                      f"{d['wall_seconds'] / 60:.1f} min ({d['cpu_seconds'] / 60:.1f} CPU-min)",
                      GOALS["default_run_seconds"] + " s", "yes" if d["wall_seconds"] <= d["budget_seconds"] else "no"))
+        rows.append(("  with margin for slower machines", f"{d['wall_seconds']:.0f} s", GOALS["default_run_target_seconds"]
+                     + " s", "yes" if d["wall_seconds"] <= 720 else "no"))
     return rows
 
 

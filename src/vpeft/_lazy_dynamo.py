@@ -147,7 +147,8 @@ def _uninstall() -> None:
 def _set_up() -> None:
     if "timm" in sys.modules or "torchvision" in sys.modules:
         return  # too late to help; everything stays as it is
-    before = set(sys.modules)
+    import torch  # noqa: F401  (first: a failed attempt below must never unload torch)
+
     installed = False
     try:
         installed = _install()
@@ -156,7 +157,7 @@ def _set_up() -> None:
         log.debug("lazy torch._dynamo did not work here (%s); importing timm plainly", err)
         if installed:
             _uninstall()
-        for name in set(sys.modules) - before:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("timm", "torchvision")]:
             sys.modules.pop(name, None)
         import timm  # noqa: F401
 
