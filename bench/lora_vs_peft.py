@@ -57,7 +57,7 @@ def run(arch: str, img_size: int, batch: int, rank: int, rounds: int, device: st
                                  "floor": train_step_fn(floor, images, labels)},
                                 warmup=2, rounds=rounds, device=device)
     return {
-        "arch": arch, "img_size": img_size, "batch": batch, "rank": rank, "peft_version": peft.__version__,
+        "device": str(device), "arch": arch, "img_size": img_size, "batch": batch, "rank": rank, "peft_version": peft.__version__,
         "trainable_params_with_head": counts, "seconds_per_step": times,
         "ratio_ours_over_peft": paired_ratio(times, "ours", "peft", device),
         "ratio_floor_over_peft": paired_ratio(times, "floor", "peft", device),

@@ -50,9 +50,53 @@ def test_update_replaces_only_the_measured_section(bench_run, tmp_path, monkeypa
 def test_over_budget_default_run_is_not_met(bench_run):
     rows = bench_run.summary({"demo": {"cores": "all", "wall_seconds": 901.0, "cpu_seconds": 1700.0, "jobs": 93,
                                        "budget_seconds": 900}})
-    assert rows[-1][-1] == "no"
+    assert rows[-2][-1] == "no" and rows[-1][-1] == "no"
 
 
 def test_unknown_section_is_refused(bench_run):
     with pytest.raises(SystemExit, match="unknown section"):
         bench_run.main(["--only", "lora,bogus"])
+
+
+def test_lora_overhead_is_measured_above_the_floor(bench_run):
+    rounds = {"ours": [1.10, 1.05, 1.20], "peft": [1.20, 1.30, 1.25], "floor": [1.0, 1.0, 1.0]}
+    lora = {"device": "cpu", "seconds_per_step": {k: {"rounds": {"cpu": v, "wall": [9.0] * 3}} for k, v in rounds.items()}}
+    over = bench_run.lora_overhead(lora)
+    assert over["ours"] == pytest.approx(0.10) and over["peft"] == pytest.approx(0.25)
+    assert over["ratio"] == pytest.approx(0.4)
+
+
+def test_import_time_is_the_sum_of_self_times(bench_run):
+    import import_cost
+
+    log = ("import time: self [us] | cumulative | imported package\n"
+           "import time:       100 |        100 |     b\n"
+           "import time:      2000 |       2100 |   a\n")
+    assert import_cost.import_ms(log) == 2.1
+
+
+@pytest.mark.slow
+def test_vtab1k_section_runs_at_cpu_size_and_extrapolates(bench_run, tmp_path):
+    """The GPU section's code path at its CPU fallback size: whole engine runs, summary rows, the
+    image benchmark's device-hours from the measured family."""
+    out = tmp_path / "latest.json"
+    assert bench_run.main(["--only", "vtab1k-gpu", "--device", "cpu", "--vtab-methods", "lora", "--out", str(out)]) == 0
+    section = json.loads(out.read_text())["results"]["vtab1k-gpu"]
+    run = section["runs"]["lora"]
+    assert section["size"] == "cpu" and run["family"] == "reparameterization" and run["precision"] == "fp32"
+    assert run["train_images_per_second"] > 0 and run["train_gflops_per_image"] > 0 and run["mfu"] is None
+    assert run["wall_seconds"] >= run["train_seconds"] + run["eval_seconds"] > 0
+    bench = section["full_image_benchmark"]
+    assert bench["tasks"] == 19 and bench["methods"] >= 26 and bench["runs"] == bench["tasks"] * bench["methods"]
+    assert bench["gpu_hours"] > 0
+    rows = {r["measure"]: r for r in json.loads(out.read_text())["summary"]}
+    assert rows["VTAB-1k run (cpu size, cpu): lora"]["met"] == "n/a (CPU size)"
+
+
+@pytest.mark.slow
+def test_concurrency_section_runs_k_jobs_at_once(bench_run):
+    import concurrency
+
+    result = concurrency.run("cpu", ks=(1, 2), runs=2)
+    assert set(result["k"]) == {"1", "2"} and result["k"]["1"]["speedup_over_k1"] == 1.0
+    assert all(e["runs_per_hour"] > 0 and e["wall_seconds"] > 0 for e in result["k"].values())

@@ -57,13 +57,14 @@ def cmd_methods(args) -> int:
 def cmd_count(args) -> int:
     import timm
 
-    from . import backbones  # noqa: F401  (registers the demo architecture with timm)
+    from .backbones import register_architecture
     from .methods import apply_method, build_method
 
     try:
         method = build_method(args.method, _parse_sets(args.set))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    register_architecture(args.backbone)
     try:
         model = timm.create_model(args.backbone, pretrained=False, num_classes=args.num_classes)
     except RuntimeError as err:

@@ -147,6 +147,8 @@ def _job_resource(key):
 
 TRAINING_RESOURCES = {
     "gpu": _job_resource("gpus"),  # snakemake-executor-plugin-slurm: --gpus=N (0: none requested)
+    # `snakemake --resources gpu_slots=K`: at most K runs share the GPU(s) of one machine
+    "gpu_slots": 1,
     "cpus_per_task": _job_resource("cpus"),
     "mem_mb": _job_resource("mem_mb"),
     "runtime": _job_resource("runtime"),

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import demo  # noqa: F401  (registers vit_demo_patch4_32 with timm)
-from ..video import models as _video_models  # noqa: F401  (registers the video architectures with timm)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +95,15 @@ def checkpoint_format(spec: BackboneSpec) -> str:
     return fmt
 
 
+def register_architecture(arch: str) -> None:
+    """Make sure timm knows `arch`: the video architectures register when a run first asks for one
+    (an image run never imports the video models)."""
+    import timm
+
+    if not timm.is_model(arch):
+        from ..video import models  # noqa: F401  (registers the video architectures with timm)
+
+
 def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = True,
                     drop_path_rate: float = 0.0, base_dir: str | Path = "."):
     """Build `spec.arch` with its checkpoint loaded (if `pretrained`) and a new head for the task.
@@ -105,6 +113,7 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
     import timm
     import torch
 
+    register_architecture(spec.arch)
     path, digest = resolve_checkpoint(spec, base_dir) if pretrained else (None, None)
     fmt = checkpoint_format(spec) if path else None
     try:

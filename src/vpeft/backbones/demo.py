@@ -5,6 +5,7 @@ inputs, 4x4 patches (64 tokens + CLS), width 128, depth 4, 4 heads. Its `.fracta
 the project's own formula-driven pretraining (`vpeft pretrain`, rule `pretrain_demo_backbone`).
 """
 
+from .. import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 

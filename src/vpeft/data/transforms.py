@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from torchvision import transforms as T
 
 _INTERPOLATION = {
@@ -11,10 +12,19 @@ _INTERPOLATION = {
 }
 
 
+def _resize(input_size: int, interpolation: str):
+    return T.Resize((input_size, input_size), interpolation=_INTERPOLATION[interpolation], antialias=True)
+
+
+def build_uint8_transform(input_size: int, interpolation: str = "bilinear"):
+    """The deterministic part of `build_transform` (resize) as a uint8 CHW tensor: ToTensor + Normalize
+    of it later give exactly what `build_transform` gives."""
+    return T.Compose([_resize(input_size, interpolation), T.PILToTensor()])
+
+
 def build_transform(input_size: int, mean, std, interpolation: str = "bilinear", train_aug: bool = False):
     """`train_aug` adds V-PETL's augmentation: horizontal flip + RandAugment rand-m9-mstd0.5-inc1."""
-    resize = T.Resize((input_size, input_size), interpolation=_INTERPOLATION[interpolation], antialias=True)
-    steps = [resize]
+    steps = [_resize(input_size, interpolation)]
     if train_aug:
         from timm.data.auto_augment import rand_augment_transform
 

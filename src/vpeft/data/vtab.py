@@ -8,6 +8,7 @@ built by hand) the split files of `run.task_dir` are read directly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +22,27 @@ from .splits import SPLITS, DataError, read_split_file
 # Deterministic training splits up to this many images are decoded once into memory (VTAB's 1000 at
 # 224 px are 0.6 GB); larger ones (FGVC) are decoded per epoch.
 MATERIALIZE_LIMIT = 4096
+
+
+@dataclass
+class Uint8Split:
+    """A decoded, resized training split: images (N, C, H, W) uint8, labels (N,), normalisation."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple
+    std: tuple
+    augment: bool
+
+    def normalized(self) -> torch.utils.data.TensorDataset:
+        """The split as ToTensor + Normalize make it (the layout's in-memory training set, bit for bit)."""
+        return torch.utils.data.TensorDataset(normalize_uint8(self.images, self.mean, self.std), self.labels)
+
+
+def normalize_uint8(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, C, H, W) images to floats, as ToTensor + Normalize compute them, on their device."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return images.float().div(255).sub(mean).div(std)
 
 
 class VtabSplit(Dataset):
@@ -92,6 +114,21 @@ def train_dataset(run, spec, tc):
     interpolation = "bicubic" if augment and protocol.augmentation == "vpetl" else None
     train = _split(run, protocol.train_split, _transform(spec, augment, interpolation))
     return train if augment else materialize_small(train)
+
+
+def train_uint8(run, spec, tc):
+    """The training split decoded and resized once, as uint8 (for the engine's `data_on_device` path),
+    with whether to augment it; None when the split is too large to hold."""
+    from .transforms import build_uint8_transform
+
+    protocol = for_layout(run.protocol, "vtab")
+    augment = random_training_input(protocol, tc.train_aug)
+    interpolation = "bicubic" if augment and protocol.augmentation == "vpetl" else spec.interpolation
+    split = _split(run, protocol.train_split, build_uint8_transform(spec.input_size, interpolation))
+    if len(split) > MATERIALIZE_LIMIT:
+        return None
+    images, labels = materialize(split).tensors
+    return Uint8Split(images, labels, tuple(spec.mean), tuple(spec.std), augment)
 
 
 def eval_dataset(run, spec, tc):

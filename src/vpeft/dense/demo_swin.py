@@ -8,6 +8,7 @@ recipe as the ViT demo backbone, `vpeft.engine.pretrain`); the dense suites use 
 (Swin's relative position bias is per window, so the weights do not depend on the image size).
 """
 
+from .. import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 

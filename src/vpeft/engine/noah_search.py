@@ -47,13 +47,21 @@ from ..methods.noah import (
     sample_module_dims,
     subnet_key,
 )
-from ..metrics import top1_accuracy
 from ..provenance import provenance
 
-# Private helpers of the training engine, reused so that NOAH's stages build data and models exactly
-# as a normal run does.
-from .optim import build_optimizer
-from .train import RunConfig, TrainingConfig, _datasets, build_run_model, run_fingerprint, seed_everything
+# NOAH's stages build data and models exactly as a normal run does, and train with its epoch loop.
+from .build import (
+    RunConfig,
+    TrainingConfig,
+    autocast_context,
+    build_run_model,
+    optimizer_and_schedule,
+    run_datasets,
+    run_fingerprint,
+    seed_everything,
+    set_up_torch,
+)
+from .train import train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +81,6 @@ def _build(run: RunConfig, tc: TrainingConfig, hparams: dict, base_dir):
     method = build_method("noah", {**hparams, "mode": "supernet"})
     applied = apply_method(model, method)
     return spec, model, applied, checkpoint_sha
-
-
-def _setup(threads: int, device: str | None) -> torch.device:
-    torch.set_num_threads(max(1, int(threads)))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    return dev
 
 
 @torch.no_grad()
@@ -110,7 +110,6 @@ def train_supernet(run_values: dict, out_path: str | Path, threads: int = 1, bas
     method's `supernet_epochs` / `supernet_lr`. Returns the record.
     """
     from safetensors.torch import save
-    from timm.scheduler import CosineLRScheduler
 
     out_path = Path(out_path)
     record_path = _record_path(out_path, record_path, ".json")
@@ -118,7 +117,7 @@ def train_supernet(run_values: dict, out_path: str | Path, threads: int = 1, bas
     config = NoahConfig.from_dict({**run.method_hparams, "mode": "supernet"}, method="noah")
     tc = TrainingConfig.from_dict({**run.training, "epochs": config.supernet_epochs, "lr": config.supernet_lr})
     tc.warmup_epochs = min(tc.warmup_epochs, tc.epochs)
-    dev = _setup(threads, device)
+    dev = set_up_torch(threads, device)
     seed_everything(run.seed)
 
     spec, model, applied, checkpoint_sha = _build(run, tc, run.method_hparams, base_dir)
@@ -130,40 +129,29 @@ def train_supernet(run_values: dict, out_path: str | Path, threads: int = 1, bas
              {k: max(v) for k, v in controller.sizes.items()}, counts["trainable"], counts["head"])
     model.to(dev)
 
-    train_set, eval_set = _datasets(run, spec, tc)
+    train_set, eval_set = run_datasets(run, spec, tc)
     shuffle_rng = torch.Generator().manual_seed(run.seed)
     train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
                               num_workers=tc.num_workers)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, tc)
-    scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
-                                  warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
+    # NOAH trains every trainable tensor with weight decay, one group (whatever weight_decay_1d says).
+    optimizer, scheduler = optimizer_and_schedule([{"params": [p for p in model.parameters() if p.requires_grad]}],
+                                                  tc, dev)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    autocast = autocast_context(dev, "fp32")  # the supernet trains in fp32, as it always has
+
+    def where():
+        return f"NOAH supernet {run.suite}/{run.task}, seed {run.seed}, subnet {controller.active}"
 
     history, seen, train_seconds = [], 0, 0.0
     for epoch in range(tc.epochs):
         scheduler.step(epoch)
-        model.train()  # the model's forward pre-hook draws a new active subnet before every step
-        start = time.perf_counter()
-        loss_sum = correct = count = 0.0
-        for step, (images, labels) in enumerate(train_loader):
-            images, labels = images.to(dev), labels.to(dev)
-            logits = model(images)
-            loss = criterion(logits, labels)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"NOAH supernet: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                                   f"({run.suite}/{run.task}, seed {run.seed}, subnet {controller.active})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * labels.numel()
-            correct += top1_accuracy(logits.detach(), labels) * labels.numel()
-            count += labels.numel()
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        seen += count
-        entry = {"epoch": epoch + 1, "loss": loss_sum / count, "lr": optimizer.param_groups[0]["lr"],
-                 "train_top1": correct / count, "seconds": round(seconds, 3)}
+        # the model's forward pre-hook draws a new active subnet before every step
+        done = train_epoch(model, model, train_loader, optimizer, criterion, device=dev, autocast=autocast,
+                           epoch=epoch + 1, where=where)
+        train_seconds += done["seconds"]
+        seen += done["images"]
+        entry = {"epoch": epoch + 1, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],
+                 "train_top1": done["train_top1"], "seconds": round(done["seconds"], 3)}
         history.append(entry)
         log.info("supernet epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e", epoch + 1, tc.epochs,
                  entry["loss"], entry["train_top1"], entry["lr"])
@@ -319,7 +307,7 @@ def search_subnet(run_values: dict, supernet_path: str | Path, out_json: str | P
         raise MethodError(f"NOAH search: bad settings population={population} select={select} "
                           f"generations={generations} param_budget={budget}")
     tc = TrainingConfig.from_dict(run.training)
-    dev = _setup(threads, device)
+    dev = set_up_torch(threads, device)
     seed_everything(run.seed)  # as in train_supernet: a random-init backbone must come out identical
 
     spec, model, _applied, checkpoint_sha = _build(run, tc, run.method_hparams, base_dir)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..backbones import sha256_of
 from ..io import atomic_write_bytes, atomic_write_json
-from .train import seed_everything
+from .build import seed_everything
 
 log = logging.getLogger("vpeft.pretrain")
 

@@ -22,6 +22,7 @@ from ..data.layouts import get_layout
 from ..io import atomic_write_bytes
 from ..methods import PeftMethod, build_method
 from ..provenance import provenance
+from .build import RunConfig, TrainingConfig, build_run_model, seed_everything
 
 log = logging.getLogger("vpeft.selection")
 
@@ -73,8 +74,6 @@ def load_selection(path: str | Path) -> tuple[dict, str]:
 
 def run_selection(values: dict, out_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".") -> str:
     """The workflow's entry point: compute one run's selection and write it to `out_path`."""
-    from .train import RunConfig, TrainingConfig, build_run_model, seed_everything
-
     run = RunConfig.from_dict(values)
     tc = TrainingConfig.from_dict(run.training)
     torch.set_num_threads(max(1, int(threads)))

@@ -7,9 +7,7 @@ selected on it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -18,113 +16,44 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..artifacts import save_trained_tensors
-from ..backbones import BackboneSpec, create_backbone
-from ..data.layouts import get_layout
 from ..io import atomic_write_json
 from ..logs import eta
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
 from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA, TRAINED_TENSORS
-from .feature_cache import MODES as FEATURE_CACHE_MODES
+from .build import (  # noqa: F401  (RunConfig ... parameter_groups: also imported from here)
+    PRECISIONS,
+    RESULT_NEUTRAL_KEYS,
+    RunConfig,
+    TrainingConfig,
+    autocast_context,
+    build_run_model,
+    optimizer_and_schedule,
+    parameter_groups,
+    run_datasets,
+    run_fingerprint,
+    seed_everything,
+    set_up_torch,
+)
+from ..data.layouts import get_layout
+from .device_data import DeviceBatches
 from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
-from .optim import OPTIMIZERS, build_optimizer
 from .selection import compute_selection, load_selection, selection_digest
 
 log = logging.getLogger("vpeft.train")
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+_datasets = run_datasets  # the name other modules and tests know
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. the loss became NaN); the message says where."""
-
-
-@dataclass
-class TrainingConfig:
-    epochs: int = 100
-    warmup_epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_lr_init: float = 1e-6
-    lr_min: float = 1e-5
-    label_smoothing: float = 0.1
-    drop_path: float = 0.1
-    train_aug: bool = False
-    num_workers: int = 0
-    weight_decay_1d: bool = True
-    optimizer: str = "adamw"              # adamw | sgd (with `momentum`)
-    momentum: float = 0.9                 # SGD only
-    lr_reference_batch: int | None = None  # set: the peak lr is lr x batch_size / lr_reference_batch
-    # Speed knobs: none of them changes what is computed, except precision and compile (numerics).
-    feature_cache: str = "auto"           # auto: cache the frozen prefix when that is exact; off
-    feature_cache_memory_mb: float = 4096  # larger caches need feature_cache_dir (or are not built)
-    feature_cache_dir: str | None = None  # keep features on disk, keyed, reused across runs
-    precision: str = "fp32"               # fp32 | bf16 (autocast, on CPU too)
-    compile: bool = False                 # torch.compile the training forward
-    compile_backend: str = "inductor"     # torch.compile backend (aot_eager: no code generation)
-    pin_memory: bool = False              # pinned host memory for the copy to a GPU (no effect on CPU)
-
-    def __post_init__(self) -> None:
-        # YAML 1.1 reads a bare `off` as false (and `on` as true).
-        if isinstance(self.feature_cache, bool):
-            self.feature_cache = "auto" if self.feature_cache else "off"
-        if self.feature_cache not in FEATURE_CACHE_MODES:
-            raise ValueError(f"training.feature_cache must be one of {FEATURE_CACHE_MODES}, got {self.feature_cache!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"training.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
-        if not self.feature_cache_memory_mb >= 0:
-            raise ValueError(f"training.feature_cache_memory_mb must be >= 0, got {self.feature_cache_memory_mb!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainingConfig:
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown training key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
-
-
-#: Training keys that cannot change a run's result (the cache is exact, pinning only moves bytes):
-#: left out of the run fingerprint, so a checkpoint resumes whatever they are set to.
-RESULT_NEUTRAL_KEYS = ("feature_cache", "feature_cache_memory_mb", "feature_cache_dir", "pin_memory")
-
-
-@dataclass
-class RunConfig:
-    suite: str
-    task: str
-    method: str
-    seed: int
-    task_dir: str
-    num_classes: int
-    backbone: dict
-    protocol: dict
-    method_hparams: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    pretrained: bool = True
-    layout: str = "vtab"
-    data: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> RunConfig:
-        return cls(**values)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -132,19 +61,6 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     # Linux reports ru_maxrss in KiB: the whole process's peak resident memory.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
-
-
-def _datasets(run: RunConfig, spec: BackboneSpec, tc: TrainingConfig):
-    layout = get_layout(run.layout)
-    return layout.train_dataset(run, spec, tc), layout.eval_dataset(run, spec, tc)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """A factory of the precision context of forward passes (bf16 autocast works on CPU too)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -176,14 +92,6 @@ def evaluate(model, loader, device, *, views: int | None = None, autocast=None) 
     return correct / total, total
 
 
-def run_fingerprint(values: dict) -> str:
-    """Identity of a run's settings: a checkpoint is only resumed by the run that wrote it."""
-    if isinstance(values.get("training"), dict):
-        values = {**values, "training": {k: v for k, v in values["training"].items()
-                                         if k not in RESULT_NEUTRAL_KEYS}}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _save_checkpoint(folder: Path, state: dict) -> None:
     """Write the training state atomically: a kill during the write leaves the previous one intact."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,16 +117,6 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def parameter_groups(model: torch.nn.Module, tc: TrainingConfig) -> list[dict]:
-    """Trainable tensors for the optimiser. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
-    norm and scale vectors (1-D tensors) are exempt, as in timm and SSF's official recipe."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if tc.weight_decay_1d:
-        return [{"params": params}]
-    return [{"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-
-
 def with_searched_hparams(values: dict, search_result: str | Path) -> dict:
     """The run's settings with the hyper-parameters found by a search stage (`{"hparams": {...}}`)
     laid over the configured ones."""
@@ -226,15 +124,6 @@ def with_searched_hparams(values: dict, search_result: str | Path) -> dict:
     if not isinstance(found, dict) or not isinstance(found.get("hparams"), dict):
         raise TrainingError(f"{search_result}: expected a JSON object with an 'hparams' object")
     return {**values, "method_hparams": {**values.get("method_hparams", {}), **found["hparams"]}}
-
-
-def build_run_model(run: RunConfig, tc: TrainingConfig, base_dir) -> tuple[BackboneSpec, torch.nn.Module, str]:
-    """The run's backbone with a fresh head: call right after `seed_everything(run.seed)` so the head
-    init is the same in every stage of the run (selection, training)."""
-    spec = BackboneSpec.from_config(run.backbone["name"], {k: v for k, v in run.backbone.items() if k != "name"})
-    model, checkpoint_sha = create_backbone(spec, run.num_classes, pretrained=run.pretrained,
-                                            drop_path_rate=tc.drop_path, base_dir=base_dir)
-    return spec, model, checkpoint_sha
 
 
 def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".",
@@ -267,16 +156,64 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
     return metrics
 
 
+def train_epoch(model, forward, batches, optimizer, criterion, *, device, autocast, epoch: int,
+                non_blocking: bool = False, move_inputs: bool = True, where=lambda: "",
+                host_each_step: bool | None = None) -> dict:
+    """One epoch of training: every batch of `batches` through `forward` (the model, or a cached or
+    compiled form of it), cross-entropy, backward, optimizer step. Returns the epoch's mean loss,
+    training top-1, image count and seconds. `epoch` (1-based) and `where()` name the place of a
+    non-finite loss in its error; `move_inputs=False` leaves inputs as they come (cache indices,
+    batches already on the device).
+
+    On a GPU the per-step loss and hit count stay on the device and are read back once per epoch
+    (a host sync per step would stall the GPU); the sums, and the step a non-finite loss names, are
+    the same as on a CPU, which reads them step by step (`host_each_step` overrides the choice)."""
+    model.train()
+    if host_each_step is None:
+        host_each_step = torch.device(device).type != "cuda"
+    start = time.perf_counter()
+    loss_sum = correct = count = 0.0
+    on_device: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def add(step: int, loss: float, hits: int, n: int) -> None:
+        nonlocal loss_sum, correct, count
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss is {loss} at epoch {epoch}, step {step + 1} ({where()})")
+        loss_sum += loss * n
+        correct += hits / n * n  # as top1_accuracy(...) * n
+        count += n
+
+    for step, (inputs, labels) in enumerate(batches):
+        labels = labels.to(device, non_blocking=non_blocking)
+        if move_inputs:
+            inputs = inputs.to(device, non_blocking=non_blocking)
+        with autocast():
+            logits = forward(inputs)
+        loss = criterion(logits.float(), labels)
+        if host_each_step and not torch.isfinite(loss):
+            add(step, loss.item(), 0, labels.numel())  # raises
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        hits = (logits.detach().argmax(dim=1) == labels).sum()
+        if host_each_step:
+            add(step, loss.item(), hits.item(), labels.numel())
+        else:
+            on_device.append((loss.detach(), hits, labels.numel()))
+    if on_device:
+        losses = torch.stack([x[0] for x in on_device]).tolist()
+        hit_counts = torch.stack([x[1] for x in on_device]).tolist()
+        for step, (loss, hits, (_, _, n)) in enumerate(zip(losses, hit_counts, on_device)):
+            add(step, loss, hits, n)
+    return {"loss": loss_sum / count, "train_top1": correct / count, "images": count,
+            "seconds": time.perf_counter() - start}
+
+
 def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device, selection_path,
                         on_epoch_end=None) -> dict:
-    from timm.scheduler import CosineLRScheduler
-
     run = RunConfig.from_dict(values)
     tc = TrainingConfig.from_dict(run.training)
-    torch.set_num_threads(max(1, int(threads)))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    dev = set_up_torch(threads, device, compile=tc.compile)
     seed_everything(run.seed)
 
     spec, model, checkpoint_sha = build_run_model(run, tc, base_dir)
@@ -293,35 +230,50 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
              run.task, run.seed, len(applied.matched), counts["trainable"], counts["head"])
     model.to(dev)
 
-    autocast = autocast_context(dev, tc.precision)
+    precision = tc.precision_on(dev)
+    autocast = autocast_context(dev, precision)
     pin = bool(tc.pin_memory and dev.type == "cuda")
-    train_set, eval_set = _datasets(run, spec, tc)
+    layout = get_layout(run.layout)
+    on_device = _uint8_split(layout, run, spec, tc, dev)
+    if on_device is not None and not on_device.augment:
+        train_set = on_device.normalized()  # what the layout's loader path holds, bit for bit
+    else:
+        train_set = layout.train_dataset(run, spec, tc)
+    eval_set = layout.eval_dataset(run, spec, tc)
     cache, cache_info = _feature_cache(model, method, run, spec, tc, train_set, dev, autocast, checkpoint_sha,
-                                       base_dir, pin)
+                                       base_dir, pin, precision)
     shuffle_rng = torch.Generator().manual_seed(run.seed)
+    move_inputs = False
     if cache is not None:
         # Same sampler, same generator, same length: the loader draws the same index order as it
         # would over the images, and the step looks the features up by index.
-        train_loader = DataLoader(IndexDataset(cache.labels), batch_size=tc.batch_size, shuffle=True,
-                                  generator=shuffle_rng)
-        forward = functools.partial(cache.forward, model)
+        train_batches = DataLoader(IndexDataset(cache.labels), batch_size=tc.batch_size, shuffle=True,
+                                   generator=shuffle_rng)
+        forward, data_path = functools.partial(cache.forward, model), "feature-cache"
+    elif on_device is not None:
+        train_batches = DeviceBatches(on_device, dev, tc.batch_size, shuffle_rng)
+        forward, data_path = model, "device"
     else:
-        train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
-                                  num_workers=tc.num_workers, pin_memory=pin)
-        forward = model
+        train_batches = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
+                                   num_workers=tc.num_workers, pin_memory=pin)
+        forward, data_path, move_inputs = model, "loader", True
+    on_device = train_set = None
     if tc.compile:
         forward = torch.compile(forward, backend=tc.compile_backend)
     views = int(getattr(eval_set, "views", 1) or 1)
+    eval_workers = tc.eval_workers_on(dev)
     eval_loader = DataLoader(eval_set, batch_size=max(1, tc.eval_batch_size // views), shuffle=False,
-                             num_workers=tc.num_workers, pin_memory=pin)
+                             num_workers=eval_workers, pin_memory=pin or dev.type == "cuda",
+                             prefetch_factor=4 if eval_workers else None)
 
-    optimizer = build_optimizer(parameter_groups(model, tc), tc)
-    scheduler = CosineLRScheduler(optimizer, t_initial=tc.epochs, warmup_t=tc.warmup_epochs,
-                                  warmup_lr_init=tc.warmup_lr_init, lr_min=tc.lr_min)
+    optimizer, scheduler = optimizer_and_schedule(parameter_groups(model, tc), tc, dev)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     checkpoint_dir = metrics_path.parent / CHECKPOINT_DIR
-    fingerprint = run_fingerprint({**values, "selection": selection_digest(selection)})
+    # what `auto` settings resolved to on this device is part of the run's identity: a checkpoint of a
+    # bf16 GPU run is not resumed as an fp32 CPU run
+    fingerprint = run_fingerprint({**values, "selection": selection_digest(selection),
+                                   "resolved": {"precision": precision, "data_on_device": data_path == "device"}})
     history: list[dict] = []
     train_seconds = 0.0
     seen = 0
@@ -334,55 +286,37 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                                 f"delete the folder to restart the run")
         model.load_state_dict(state["trainable"], strict=False)  # frozen tensors come from the backbone
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        shuffle_rng.set_state(state["shuffle_rng"])
-        random.setstate(_as_random_state(state["python_rng"]))
+        _restore_rng(state, shuffle_rng, dev)
         history, train_seconds, seen, start_epoch = (state["history"], state["train_seconds"], state["seen"],
                                                      state["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, tc.epochs, checkpoint_dir)
     train_seconds += cache_info.build_seconds  # computing the cache is training time
 
+    def where():
+        return f"{run.suite}/{run.method}/{run.task}, seed {run.seed}"
+
     for epoch in range(start_epoch, tc.epochs):
         scheduler.step(epoch)
-        model.train()
-        start = time.perf_counter()
-        loss_sum = correct = count = 0.0
-        for step, (inputs, labels) in enumerate(train_loader):
-            labels = labels.to(dev, non_blocking=pin)
-            if cache is None:
-                inputs = inputs.to(dev, non_blocking=pin)
-            with autocast():
-                logits = forward(inputs)
-            loss = criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                                    f"({run.suite}/{run.method}/{run.task}, seed {run.seed})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * labels.numel()
-            correct += top1_accuracy(logits.detach(), labels) * labels.numel()
-            count += labels.numel()
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        seen += count
-        entry = {"epoch": epoch + 1, "loss": loss_sum / count, "lr": optimizer.param_groups[0]["lr"],
-                 "train_top1": correct / count, "seconds": round(seconds, 3)}
+        done = train_epoch(model, forward, train_batches, optimizer, criterion, device=dev, autocast=autocast,
+                           epoch=epoch + 1, non_blocking=pin, move_inputs=move_inputs, where=where)
+        train_seconds += done["seconds"]
+        seen += done["images"]
+        entry = {"epoch": epoch + 1, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],
+                 "train_top1": done["train_top1"], "seconds": round(done["seconds"], 3)}
         history.append(entry)
         log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s  %s", epoch + 1, tc.epochs,
-                 entry["loss"], entry["train_top1"], entry["lr"], count / max(seconds, 1e-9),
+                 entry["loss"], entry["train_top1"], entry["lr"], done["images"] / max(done["seconds"], 1e-9),
                  eta(epoch + 1, tc.epochs, train_seconds))
         _save_checkpoint(checkpoint_dir, {
             "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
             "train_seconds": train_seconds, "seen": seen,
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "shuffle_rng": shuffle_rng.get_state(), "python_rng": list(_flatten_random_state(random.getstate())),
+            "optimizer": optimizer.state_dict(), **_rng_state(shuffle_rng, dev),
         })
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, lambda: evaluate(model, eval_loader, dev, views=views, autocast=autocast)[0])
 
-    cache = forward = train_loader = None  # release the stored features before evaluation
+    cache = forward = train_batches = None  # release the stored features before evaluation
     # Kept before merging (the method's own tensors) and before metrics.json (the "done" marker).
     save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
                          run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
@@ -408,8 +342,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                   "wall_seconds": train_seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
                   "resumed_from_epoch": start_epoch or None,
                   "final_loss": history[-1]["loss"] if history else math.nan,
-                  "feature_cache": cache_info.to_dict(), "precision": tc.precision, "compiled": bool(tc.compile),
-                  "fused_attention": _fused_attention(model), "history": history},
+                  "feature_cache": cache_info.to_dict(), "precision": precision, "compiled": bool(tc.compile),
+                  "data_path": data_path, "fused_attention": _fused_attention(model), "history": history},
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
                  "merged": bool(method.mergeable), "views": views},
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
@@ -422,8 +356,32 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     return metrics
 
 
-def _feature_cache(model, method, run: RunConfig, spec: BackboneSpec, tc: TrainingConfig, train_set, dev,
-                   autocast, checkpoint_sha, base_dir, pin) -> tuple[FeatureCache | None, CacheInfo]:
+def _uint8_split(layout, run: RunConfig, spec, tc: TrainingConfig, dev):
+    """The training split as uint8 for the device path, when it is asked for and the layout can."""
+    if not tc.data_on_device_on(dev) or not hasattr(layout, "train_uint8"):
+        return None
+    return layout.train_uint8(run, spec, tc)
+
+
+def _rng_state(shuffle_rng: torch.Generator, dev: torch.device) -> dict:
+    """Every random stream a resumed run needs to continue as an uninterrupted one would."""
+    state = {"torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle_rng.get_state(),
+             "python_rng": list(_flatten_random_state(random.getstate()))}
+    if dev.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    return state
+
+
+def _restore_rng(state: dict, shuffle_rng: torch.Generator, dev: torch.device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    shuffle_rng.set_state(state["shuffle_rng"])
+    random.setstate(_as_random_state(state["python_rng"]))
+    if dev.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], dev)
+
+
+def _feature_cache(model, method, run: RunConfig, spec, tc: TrainingConfig, train_set, dev, autocast,
+                   checkpoint_sha, base_dir, pin, precision) -> tuple[FeatureCache | None, CacheInfo]:
     """Plan and build the frozen-prefix cache (see `feature_cache`); (None, why not) when off."""
     plan = plan_cache(model, method, tc.feature_cache, tc.train_aug, train_set)
     if not plan.used:
@@ -434,7 +392,7 @@ def _feature_cache(model, method, run: RunConfig, spec: BackboneSpec, tc: Traini
         model, plan, train_set, device=dev, autocast=autocast, batch_size=tc.eval_batch_size,
         memory_mb=tc.feature_cache_memory_mb, folder=folder, non_blocking=pin,
         key_fn=lambda digest: cache_keys(model, plan, digest, arch=spec.arch, checkpoint_sha=checkpoint_sha,
-                                         precision=tc.precision, device_type=dev.type))
+                                         precision=precision, device_type=dev.type))
     if isinstance(built, FeatureCache):
         return built, built.info
     log.info("feature cache off: %s", built.reason)

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from .. import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.models.vision_transformer import Block as VitBlock
 from torch import nn
 

@@ -9,6 +9,7 @@
 Only torch and timm are imported here (no decord, no PyAV).
 """
 
+from ... import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .swin import VideoSwinTransformer

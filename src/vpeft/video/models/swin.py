@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from ... import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
 from torch import nn
 

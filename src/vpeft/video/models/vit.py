@@ -25,6 +25,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from ... import _lazy_dynamo  # noqa: F401  (first: timm without loading torch._dynamo)
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
