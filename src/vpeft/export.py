@@ -90,7 +90,7 @@ class LoadedRun:
             loader = DataLoader(eval_set, batch_size=max(1, self.training.eval_batch_size // views), shuffle=False)
             self.model.to(dev)
             accuracy, _ = evaluate(self.model, loader, dev, views=views,
-                                   autocast=autocast_context(dev, self.training.precision))
+                                   autocast=autocast_context(dev, self.training.precision_on(dev)))
         return accuracy
 
 

@@ -162,7 +162,7 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def parameter_groups(model: torch.nn.Module, tc: TrainingConfig) -> list[dict]:
-    """Trainable tensors for AdamW. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
+    """Trainable tensors for the optimiser. V-PETL decays every tensor; with `weight_decay_1d: false` biases,
     norm and scale vectors (1-D tensors) are exempt, as in timm and SSF's official recipe."""
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.weight_decay_1d:
