@@ -124,9 +124,11 @@ class SwinBlock3d(nn.Module):
         self.window_size, self.shift_size = tuple(window), tuple(shift)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention3d(dim, num_heads, window, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # one DropPath per residual branch, named as timm's blocks name them (methods attach by name)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w, _ = x.shape
@@ -147,8 +149,8 @@ class SwinBlock3d(nn.Module):
         return x[:, :d, :h, :w, :].contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self._attention(x))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self._attention(x))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class PatchMerging3d(nn.Module):
