@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_engine import run_values
+from helpers.runs import run_values
 from vpeft.engine.train import TrainingError, run_training
 from vpeft.runs import CHECKPOINT_DIR, FAILURE_RECORD
 

@@ -4,46 +4,38 @@ user meets on bad targets or missing real data."""
 from __future__ import annotations
 
 import json
-import re
+import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workflow
+from helpers.configs import smoke_config, write_config
+from helpers.plan import expected_jobs
+from helpers.report import read_report
+from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow
 
-from vpeft.config import deep_merge, load_method_configs, load_yaml, resolve_suites, suite_methods
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+from vpeft.config import deep_merge, load_yaml
 
 pytestmark = pytest.mark.slow
 
 
-def smoke_config(tmp_path: Path) -> Path:
-    """The shipped config shrunk to 2 methods x 2 tasks x 1 epoch on tiny generated data."""
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    mini = config["suites"]["vtab-mini"]
-    mini.update(methods=["linear", "lora"], sizes={"train800": 12, "val200": 4, "test": 16},
-                tasks={k: mini["tasks"][k] for k in ("digits", "dsprites_loc")})
-    mini["training"].update(epochs=1, warmup_epochs=0, batch_size=8)
-    for backbone in config["backbones"].values():  # shipped checkpoints, from a run in another folder
-        if str(backbone.get("checkpoint") or "").startswith("assets/"):
-            backbone["checkpoint"] = str(ROOT / backbone["checkpoint"])
-    # the image track only: the video and dense tracks have end-to-end tests of their own
-    config["default_suites"] = ["vtab-mini", "vtab-mini-scratch"]
-    config["suites"]["vtab-mini-scratch"]["methods"] = ["linear"]
-    config["suites"]["vtab"]["root"] = str(tmp_path / "no-vtab-here")
-    config["backbones"]["vit-b16-in21k"]["url"] = "http://127.0.0.1:9/ViT-B_16.npz"  # refused at once
-    path = tmp_path / "smoke.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run_workflow(tmp_path, smoke_config(tmp_path), *args, check=check)
+
+
+def assert_all_runs_shown_ok(report: Path, suite: str, methods, tasks) -> None:
+    """Every (method, task) cell of `suite` holds a number (no missing / failed class), the list of
+    missing / failed runs is empty and the header counts every run as succeeded."""
+    shown = read_report(report)[suite]
+    for method in methods:
+        for task in tasks:
+            cell = shown.cell(method, task)
+            assert not cell.classes & {"missing", "failed"} and float(cell.text) >= 0, (method, task, cell)
+    assert shown.failures() == []
+    n = len(methods) * len(tasks)
+    assert f"{n} of {n} runs succeeded" in shown.meta
 
 
 def test_lint_is_clean():
@@ -52,49 +44,53 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("profile", ["profiles/slurm", "slurm"])  # `slurm` links to profiles/slurm
-def test_slurm_profile_plans_the_full_benchmark(profile):
-    result = subprocess.run([*SNAKEMAKE, "--profile", profile, "-n"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+def test_shipped_default_target_is_planned_as_shipped(tmp_path):
+    """`snakemake -n` in a fresh checkout (the project's files linked into an empty folder, no result
+    yet), with the shipped config/config.yaml untouched: the jobs `make benchmark` runs, per rule, counted
+    from the config."""
+    for part in ("Snakefile", "workflow", "config", "assets", "src"):
+        (tmp_path / part).symlink_to(ROOT / part)
+    dry = run_workflow(tmp_path, None, "-n")
+    config = load_yaml(ROOT / "config/config.yaml")
+    assert job_counts(dry.stdout) == expected_jobs(config), dry.stdout[-3000:]
+
+
+def test_slurm_profile_plans_the_full_benchmark():
+    # `slurm` at the top level is a link to profiles/slurm, for `--profile slurm`: one plan checks both
+    assert os.path.islink(ROOT / "slurm") and (ROOT / "slurm").resolve() == (ROOT / "profiles/slurm").resolve()
+    result = subprocess.run([*SNAKEMAKE, "--profile", "profiles/slurm", "-n"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    stats = dict(line.split() for line in result.stdout.splitlines() if len(line.split()) == 2
-                 and line.split()[0] in ("train_run", "check_task_data", "prepare_task_folder")
-                 and line.split()[1].isdigit())
-    # the real image suites of config/benchmark.yaml: VTAB-1k's 19 tasks and FGVC's 5
+    # the real image suites of config/benchmark.yaml: VTAB-1k's 19 tasks and FGVC's 5; nothing is there
+    # yet in a fresh checkout, so every task is downloaded, extracted and checked
     config = deep_merge(load_yaml(ROOT / "config/config.yaml"), load_yaml(ROOT / "config/benchmark.yaml"))
-    suites = resolve_suites(config)
-    methods = load_method_configs(ROOT / "config/methods")
     assert config["default_suites"] == ["vtab", "fgvc"]
-    assert [len(suites[s]["tasks"]) for s in config["default_suites"]] == [19, 5]
-    assert stats["check_task_data"] == "24"
-    assert stats["prepare_task_folder"] == "24"  # download -> extract -> check for every task
-    expected_runs = sum(len(suites[s]["tasks"]) * len(suite_methods(s, suites[s], methods))
-                        for s in config["default_suites"])
-    assert expected_runs > 24 * 20 and int(stats["train_run"]) == expected_runs
+    counts = job_counts(result.stdout)
+    expected = expected_jobs(config)
+    for rule in ("train_run", "check_task_data", "prepare_task_folder", "select_parameters", "noah_supernet",
+                 "noah_search", "suite_table", "report"):
+        assert counts.get(rule, 0) == expected.get(rule, 0), (rule, counts)
+    assert expected["check_task_data"] == 19 + 5 and expected["train_run"] > 24 * 20
 
 
-def test_end_to_end_default_run_builds_the_report(tmp_path):
-    snakemake(tmp_path, "--cores", "2")
-    report = (tmp_path / "reports/index.html").read_text()
-    for name in ("linear", "lora", "digits", "dsprites_loc", "PPT"):
-        assert name in report
-    table = (tmp_path / "results/vtab-mini/table.csv").read_text()
-    assert table.splitlines()[0].startswith("method") or "digits" in table.splitlines()[0]
-    run = json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())
+def test_end_to_end_default_run_builds_the_report(smoke_run):
+    assert_all_runs_shown_ok(smoke_run / "reports/index.html", "vtab-mini", ("linear", "lora"),
+                             ("digits", "dsprites_loc"))
+    assert_all_runs_shown_ok(smoke_run / "reports/index.html", "vtab-mini-scratch", ("linear",),
+                             ("digits", "dsprites_loc"))
+    header = (smoke_run / "results/vtab-mini/table.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "method" and {"digits", "dsprites_loc", "ppt"} <= set(header)
+    run = json.loads((smoke_run / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())
     assert run["status"] == "ok" and run["config"]["training"]["epochs"] == 1
-    assert (tmp_path / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
+    assert (smoke_run / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
 
     # Adding a run does not re-run the others: a new seed trains only the new runs.
-    config = yaml.safe_load((tmp_path / "smoke.yaml").read_text())
+    config = yaml.safe_load((smoke_run / "smoke.yaml").read_text())
     config["seeds"] = [42, 43]
-    two_seeds = tmp_path / "two-seeds.yaml"
-    two_seeds.write_text(yaml.safe_dump(config, sort_keys=False))
-    dry = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(two_seeds), "-n"],
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stderr
-    stats = dict(line.split() for line in dry.stdout.splitlines()
-                 if line.split()[:1] and line.split()[0] in ("train_run", "generate_embedded_task") and len(line.split()) == 2)
-    assert stats == {"train_run": "6"}, dry.stdout[-2000:]  # (2 methods x 2 tasks) + scratch linear x 2
+    dry = run_workflow(smoke_run, write_config(config, smoke_run.parent / "two-seeds.yaml"), "-n")
+    counts = job_counts(dry.stdout)
+    assert counts["train_run"] == 6, dry.stdout[-2000:]  # (2 methods x 2 tasks) + scratch linear x 2
+    assert not {"generate_embedded_task", "check_task_data"} & set(counts), counts
 
 
 def test_method_folder_target(tmp_path):
@@ -146,33 +142,35 @@ def test_shipped_demo_checkpoint_matches_its_record():
     assert config["backbones"]["vit-demo"]["sha256"] == record["sha256"]
 
 
-def test_keep_going_still_builds_a_report_that_shows_the_failure(tmp_path):
-    config = yaml.safe_load(smoke_config(tmp_path).read_text())
-    config["suites"]["vtab-mini"]["training"]["warmup_epochs"] = 0
+def test_keep_going_still_builds_a_report_that_shows_the_failure(copy_smoke_run):
+    work = copy_smoke_run
+    config = yaml.safe_load((work / "smoke.yaml").read_text())
     # lora has no suite-level lr of its own, so this task-level lr reaches it and blows the loss up
     config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"] = {"lr": 1e30, "epochs": 2}
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(broken),
-                             "--cores", "2", "--keep-going"], capture_output=True, text=True, timeout=900)
+    result = run_workflow(work, write_config(config, work / "broken.yaml"), "--cores", "2", "--keep-going",
+                          check=False)
     assert result.returncode != 0
-    report = (tmp_path / "reports/index.html").read_text()
-    assert "failed" in report and "TrainingError: loss is" in report
-    assert json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
-    assert not (tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()
+    assert job_counts(result.stdout + result.stderr)["train_run"] == 1  # only the changed run
+    shown = read_report(work / "reports/index.html")["vtab-mini"]
+    cell = shown.cell("lora", "dsprites_loc")
+    assert cell.text == "failed" and "failed" in cell.classes and "TrainingError: loss is" in cell.title
+    assert not shown.cell("lora", "digits").classes & {"failed", "missing"}
+    assert not shown.cell("linear", "dsprites_loc").classes & {"failed", "missing"}
+    [entry] = shown.failures()
+    assert (entry["method"], entry["task"], entry["seed"]) == ("lora", "dsprites_loc", "42")
+    assert entry["status"] == entry["status_class"] == "failed" and "TrainingError: loss is" in entry["reason"]
+    assert "3 of 4 runs succeeded" in shown.meta
+    assert json.loads((work / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
+    assert not (work / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()
 
     # Fix the cause and run the plain command again: the failed run trains now (it is not "nothing to
     # be done" because a report exists) and the rebuilt report shows no failure.
     del config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"]
-    fixed = tmp_path / "fixed.yaml"
-    fixed.write_text(yaml.safe_dump(config, sort_keys=False))
-    rerun = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(fixed), "--cores", "2"],
-                           capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert job_counts(rerun.stdout + rerun.stderr).get("train_run", 0) >= 1
-    assert json.loads((tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").read_text())[
+    rerun = run_workflow(work, write_config(config, work / "fixed.yaml"), "--cores", "2")
+    assert job_counts(rerun.stdout + rerun.stderr)["train_run"] == 1
+    assert json.loads((work / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").read_text())[
         "status"] == "ok"
-    assert "TrainingError" not in (tmp_path / "reports/index.html").read_text()
+    assert_all_runs_shown_ok(work / "reports/index.html", "vtab-mini", ("linear", "lora"), ("digits", "dsprites_loc"))
 
 
 def test_snakemake_job_killed_mid_run_resumes_on_rerun(tmp_path):
@@ -262,13 +260,6 @@ class ToyScaleMethod(PeftMethod):
     def inject(self, model):
         return wrap_modules(model, r"^norm$", ToyScale, method=self.name)
 '''
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    """Snakemake's job-stats table as {rule: count}."""
-    return {parts[0]: int(parts[1]) for parts in (line.split() for line in stdout.splitlines())
-            if len(parts) == 2 and parts[1].isdigit() and re.fullmatch(r"[a-z_]+", parts[0])
-            and parts[0] != "total"}
 
 
 def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(tmp_path):
