@@ -35,10 +35,10 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
         run = json.loads((tmp_path / f"results/ade-mini/{method}/scenes/seed-42/metrics.json").read_text())
         assert run["status"] == "ok"
     shown = read_report(tmp_path / "reports/index.html")  # rebuilt after the failure, runs marked
+    # (a dense task without any successful run has no metric column yet, so the list entries mark them)
+    assert "0 of 2 runs succeeded" in shown["coco-mini"].meta
     for method in ("linear", "lora"):
-        for column in ("AP box", "AP mask"):
-            cell = shown["coco-mini"].cell(method, column)
-            assert cell.text == "missing" and "missing" in cell.classes, (method, column, cell)
+        assert "status-bad" in shown["coco-mini"].cell(method, "Status").classes
         ade = shown["ade-mini"].cell(method, "mIoU")
         assert not ade.classes & {"missing", "failed"} and float(ade.text) >= 0, (method, ade)
     assert sorted((f["method"], f["task"], f["status_class"]) for f in shown["coco-mini"].failures()) == [

@@ -8,14 +8,14 @@ import pytest
 import timm
 import torch
 
+from helpers.models import small_vit as _small_vit
+
 from vpeft.methods import MethodError, apply_method, build_method
 from vpeft.methods.snf import ShortcutFlow, ShortcutFlowBlock
 
 
 def small_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=5).eval()
+    return _small_vit(depth=2, num_classes=5).eval()
 
 
 def test_flow_is_affine_then_planar():

@@ -14,6 +14,8 @@ import pytest
 import timm
 import torch
 
+from helpers.models import small_vit as _small_vit
+
 from vpeft.methods import (
     MethodError,
     SelectiveMethod,
@@ -121,10 +123,8 @@ def test_methods_declare_family_paper_and_year():
         assert cls.paper and re.search(r"(19|20)\d\d", cls.paper), f"{name}: paper must name the reference and year"
 
 
-def small_vit(num_classes: int = 5) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=num_classes)
+def small_vit(num_classes: int = 5):
+    return _small_vit(depth=2, num_classes=num_classes)
 
 
 def batch(n: int = 6, num_classes: int = 5):

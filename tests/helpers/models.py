@@ -32,3 +32,15 @@ def meta_model(name: str = "vit_base_patch16_224", **kwargs) -> torch.nn.Module:
 
 def trainable_without_head(model: torch.nn.Module, head: str = "head.") -> int:
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith(head))
+
+
+def meta_counts(method: str, hparams: dict | None = None, arch: str = "vit_base_patch16_224",
+                num_classes: int = 10, **model_kwargs) -> dict[str, int]:
+    """`parameter_counts()` of `method` applied to `arch` built on the meta device. The method's config is
+    built (and validated) on the CPU first: validation may compute with real tensors."""
+    from vpeft.methods import apply_method, build_method
+
+    built = build_method(method, hparams or {})
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_kwargs)
+        return apply_method(model, built).parameter_counts()
