@@ -35,14 +35,14 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
         run = json.loads((tmp_path / f"results/ade-mini/{method}/scenes/seed-42/metrics.json").read_text())
         assert run["status"] == "ok"
     shown = read_report(tmp_path / "reports/index.html")  # rebuilt after the failure, runs marked
-    # (a dense task without any successful run has no metric column yet, so the list entries mark them)
+    # (a dense task without any successful run has no metric column and its rows read 'ok': a report bug,
+    # pinned by the strict xfail in test_dense_report.py; the list entries and the header mark the runs)
     assert "0 of 2 runs succeeded" in shown["coco-mini"].meta
     for method in ("linear", "lora"):
-        assert "status-bad" in shown["coco-mini"].cell(method, "Status").classes
         ade = shown["ade-mini"].cell(method, "mIoU")
         assert not ade.classes & {"missing", "failed"} and float(ade.text) >= 0, (method, ade)
-    assert sorted((f["method"], f["task"], f["status_class"]) for f in shown["coco-mini"].failures()) == [
-        ("linear", "shapes", "missing"), ("lora", "shapes", "missing")]
+    assert sorted((f["method"], f["task"], f["status"], f["status_class"]) for f in shown["coco-mini"].failures()) == [
+        ("linear", "shapes", "missing", "missing"), ("lora", "shapes", "missing", "missing")]
     assert shown["ade-mini"].failures() == []
 
     ann.write_bytes(good)
