@@ -16,6 +16,7 @@ from helpers.plan import expected_jobs
 from helpers.report import read_report
 from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow
 
+from vpeft.backbones import sha256_of
 from vpeft.config import deep_merge, load_yaml
 
 pytestmark = pytest.mark.slow
@@ -302,3 +303,30 @@ def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(t
     assert "toy-scale" in report
     assert json.loads((project / "results/vtab-mini/toy-scale/digits/seed-42/metrics.json").read_text())[
         "status"] == "ok"
+
+
+def test_selection_and_search_stages_run_before_their_methods(tmp_path):
+    """select_parameters (SCT) and NOAH's noah_supernet -> noah_search run end to end on one tiny task,
+    and their results reach the runs that read them."""
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    mini = config["suites"]["vtab-mini"]
+    mini.update(methods=["sct", "noah"], tasks={"digits": mini["tasks"]["digits"]})
+    config["default_suites"] = ["vtab-mini"]
+    result = run_workflow(tmp_path, write_config(config, tmp_path / "stages.yaml"), "--cores", "2")
+    assert job_counts(result.stdout + result.stderr) == {
+        "generate_embedded_task": 1, "check_task_data": 1, "select_parameters": 1, "noah_supernet": 1,
+        "noah_search": 1, "train_run": 2, "suite_table": 1, "report": 1, "all": 1}
+    folder = tmp_path / "results/vtab-mini"
+    sct = json.loads((folder / "sct/digits/seed-42/metrics.json").read_text())
+    assert sct["status"] == "ok" and sct["config"]["selection_sha256"] == sha256_of(
+        folder / "sct/digits/seed-42/selection.safetensors")
+    subnet = json.loads((folder / "noah/digits/seed-42/search/subnet.json").read_text())
+    noah = json.loads((folder / "noah/digits/seed-42/metrics.json").read_text())
+    assert noah["status"] == "ok"
+    for key, dims in subnet["hparams"].items():  # the searched subnet is the one the final run trained
+        assert noah["config"]["method_hparams"][key] == dims, key
+    search = json.loads((folder / "noah/digits/seed-42/search/search.json").read_text())
+    assert search["status"] == "ok" and search["protocol"]["eval_split"] == "val200"  # never the test split
+    assert search["best"]["subnet"] == {k: v for k, v in subnet["hparams"].items() if k != "mode"}
+    assert search["best"]["params"] == subnet["params"] <= search["settings"]["param_budget"]
+    assert_all_runs_shown_ok(tmp_path / "reports/index.html", "vtab-mini", ("sct", "noah"), ("digits",))
