@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.runs import write_ok_run as _write_ok
+
 from vpeft.metrics import ppt, round_half_up, top1_accuracy
 from vpeft.report.html import build_context, format_seconds, human_params, render_report
 from vpeft.report.published import FGVC_TASKS, VTAB_GROUPS, VTAB_TASKS, load_published
@@ -231,32 +233,6 @@ SCRIPT_ERROR = 'CUDA out of memory <script>alert("x")</script> & more'
 
 def _run_path(root: Path, suite: str, method: str, task: str, seed: int) -> Path:
     return root / "results" / suite / method / task / f"seed-{seed}" / "metrics.json"
-
-
-def _write_ok(root, suite, method, task, seed, value, trainable, **provenance):
-    path = _run_path(root, suite, method, task, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prov = {
-        "vpeft_version": "0.1.0", "git_commit": "abc123", "git_dirty": False,
-        "packages": {"torch": "2.14.1", "timm": "1.0.31"}, "hardware": {"cpu": "test-cpu", "cuda": None},
-        "threads": 1, "python": "3.11.7", "created": "2026-11-29T05:00:00Z",
-    }  # fmt: skip
-    prov.update(provenance)
-    data = {
-        "schema": "vpeft.run/1", "status": "ok", "suite": suite, "task": task, "method": method, "seed": seed,
-        "protocol": {"name": "vtab1k", "train_split": "train800val200", "eval_split": "test"},
-        "metric": {"name": "top1", "value": value},
-        "params": {"trainable": trainable, "trainable_with_head": trainable + 1290, "head": 1290,
-                   "backbone_total": 809354},
-        "train": {"epochs": 10, "images_per_second": 200.0 + seed, "wall_seconds": 12.0,
-                  "peak_memory_mb": 512.0, "final_loss": 0.31, "history": []},
-        "eval": {"split": "test", "num_images": 500, "wall_seconds": 1.0, "merged": True},
-        "config": {"backbone": {"name": "vit-demo", "arch": "vit_demo_patch4_32.fractal"},
-                   "method": {"name": method, "hparams": {}}, "training": {"epochs": 10, "lr": 0.001}},
-        "provenance": prov,
-    }  # fmt: skip
-    path.write_text(json.dumps(data))
-    return path
 
 
 def _write_failed(root, suite, method, task, seed, error):
