@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.report import read_report
 from helpers.runs import write_ok_run as _write_ok
 
 from vpeft.metrics import ppt, round_half_up, top1_accuracy
@@ -484,12 +485,23 @@ def test_html_report(run_paths, tmp_path):
     assert " ".join(text.split()).count("Results \u00b7 protocol vtab1k") == 2  # each results table names it
     # missing / failed cells and the failure list
     titles = [attrs.get("title", "") for tag, attrs in checker.tags if tag == "td"]
-    classes = [attrs.get("class", "") for tag, attrs in checker.tags if tag == "td"]
-    assert "missing" in text and "failed" in text
-    assert any(c.split()[0] == "missing" for c in classes if c)
-    assert any(SCRIPT_ERROR in t for t in titles)  # error text in a title attribute, unescaped after parsing
-    assert "Missing / failed runs" in html
-    assert "no metrics.json at" in text
+    shown = read_report(out)[SUITE]
+    missing = shown.cell("lora", "textures")  # no seed ran: the cell says so
+    assert missing.text == "missing" and "missing" in missing.classes
+    partial = shown.cell("lora", "shapes")  # seed 1 ok, seed 2 failed: the value of seed 1, marked partial
+    assert partial.text == "70.00" and "partial" in partial.classes
+    assert SCRIPT_ERROR in partial.title  # error text in a title attribute, unescaped after parsing
+    assert not shown.cell("lora", "digits").classes & {"missing", "failed", "partial"}
+    assert shown.cell("lora", "Status").text == "incomplete: 2 missing, 1 failed"
+    assert shown.cell("linear", "Status").text == "ok"
+    entries = {(f["method"], f["task"], f["seed"]): f for f in shown.failures()}
+    assert sorted(entries) == [("lora", "shapes", "2"), ("lora", "textures", "1"), ("lora", "textures", "2")]
+    assert entries["lora", "shapes", "2"]["status_class"] == "failed" and SCRIPT_ERROR in entries[
+        "lora", "shapes", "2"]["reason"]
+    assert entries["lora", "textures", "1"]["status_class"] == "missing"
+    assert "no metrics.json at" in entries["lora", "textures", "1"]["reason"]
+    assert sorted((f["method"], f["task"], f["status"]) for f in read_report(out)["vtab-real"].failures()) == [
+        ("ln-tune", "cifar100", "missing"), ("ln-tune", "dtd", "missing")]  # one listed, one never run
     # escaping: the error message never appears as markup
     assert "<script" not in html.lower()
     assert "&lt;script&gt;" in html
@@ -500,7 +512,6 @@ def test_html_report(run_paths, tmp_path):
     assert any(b.startswith("88.00</strong>") for b in bolds)  # lora digits beats linear digits
     assert "12.3K" in text and "0.29M" in text
     assert any("12,288 trainable parameters" in t for t in titles)
-    assert "incomplete: 2 missing, 1 failed" in text
     # published comparison on the suite with real VTAB task names (cifar100 is an alias of cifar)
     assert "V-PETL: LoRA" in text
     assert "67.1" in text and "\u0394 +2.90" in text  # 70.0 - 67.1
