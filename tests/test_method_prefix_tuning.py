@@ -114,8 +114,7 @@ def test_swin_forward_backward_and_count():
 
 
 def test_reparameterised_count_and_gradients():
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
-    counts = apply_method(model, build_method("prefix-tuning", {"num_tokens": 20, "reparam_dim": 64})).parameter_counts()
+    counts = meta_counts("prefix-tuning", {"num_tokens": 20, "reparam_dim": 64})
     assert counts["trainable"] == L * (214 * D + 64)  # V-PETL video code's per-layer formula
     small = small_vit()
     apply_method(small, build_method("prefix-tuning", {"num_tokens": 3, "reparam_dim": 8}))
