@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow  # noqa: F401  (re-exported)
+from PIL import Image
 
 pytest_plugins = ["pytester"]  # tests/test_test_suite.py runs pytest on small test files
 

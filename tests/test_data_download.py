@@ -492,7 +492,8 @@ def test_bad_inputs_fail_naming_the_file_and_the_other_outputs_stay(tmp_path, se
     assert "escape.zip: member 'good/../../../../escape.txt' would be written outside" in own_log(
         tmp_path, "prepare", "escape")
     assert not list(tmp_path.rglob("escape.txt"))
-    assert re.search(r"cannot decode image \S*truncated/images/test/000001\.jpg", own_log(tmp_path, "check", "truncated"))
+    assert re.search(r"cannot decode image \S*truncated/images/test/000001\.jpg",
+                     own_log(tmp_path, "check", "truncated"))
     assert "cannot" not in own_log(tmp_path, "prepare", "good") + own_log(tmp_path, "check", "good")
     for task in ("badsum", "damaged", "escape", "truncated"):
         assert not (tmp_path / f"resources/index/bad/{task}.json").exists()

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-
 from helpers.runs import BACKBONE, run_values  # noqa: F401
 
 from vpeft.engine.train import TrainingError, run_training
+
 
 def test_metrics_file_records_result_and_provenance(vtab_task, tmp_path):
     out = tmp_path / "run" / "metrics.json"

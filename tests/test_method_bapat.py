@@ -4,9 +4,7 @@ switched off, and BitFit's part trains the backbone's biases but never the metho
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
-
 from helpers.models import small_vit as _small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers

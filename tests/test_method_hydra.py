@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import timm
 import torch
-
 from helpers.models import meta_counts, small_vit
 from helpers.published import mean_head, published_params
 

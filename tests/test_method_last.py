@@ -8,10 +8,9 @@ import copy
 import pytest
 import timm
 import torch
-
-import vpeft.backbones  # noqa: F401  (registers the demo ViT with timm)
 from helpers.models import small_vit as _small_vit
 
+import vpeft.backbones  # noqa: F401  (registers the demo ViT with timm)
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
 
 

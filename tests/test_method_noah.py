@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
 from helpers.models import small_vit as _small_vit
 
 from vpeft.config import load_yaml

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
-
 from helpers.models import meta_counts, small_swin, small_vit
 from helpers.published import published_params
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
-
-
 
 
 def _perturb(model):

@@ -9,7 +9,6 @@ import copy
 import pytest
 import timm
 import torch
-
 from helpers.models import small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers

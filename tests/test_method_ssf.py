@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-import timm
 import torch
-
 from helpers.models import meta_counts, small_swin, small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
-
-
 
 
 def test_placement_on_vit_follows_the_paper():

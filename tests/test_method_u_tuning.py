@@ -7,10 +7,9 @@ import copy
 import pytest
 import timm
 import torch
-
 from helpers.models import meta_counts
-from helpers.published import mean_head, published_params
 from helpers.models import small_vit as _small_vit
+from helpers.published import mean_head, published_params
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
 from vpeft.methods.u_tuning import ParallelKeyValueFFN, ParallelPrefixMHA, prefix_attention

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import timm
 import torch
-
 from helpers.models import meta_counts
 from helpers.models import small_vit as _small_vit
 
@@ -110,7 +109,8 @@ PUBLISHED_DIFFERS = {
     "prefix-tuning": "printed 0.36 M counts the FGVC head (test_method_prefix_tuning.py: count + mean head)",
     "hydra": "printed 0.28 M counts the VTAB head (test_method_hydra.py: count + mean head rounds to it)",
     "u-tuning": "printed 0.36 M counts the FGVC head (test_method_u_tuning.py: count + mean head)",
-    "repadapter": "printed 0.22 M leaves out the up-projection biases the official code trains (test_method_repadapter.py)",
+    "repadapter": "printed 0.22 M leaves out the up-projection biases the official code trains "
+                  "(test_method_repadapter.py)",
     "fact-tk": "printed rows average per-task ranks and scales, not one setting (fact.py)",
     "fact-tt": "printed rows average per-task ranks and scales, not one setting (fact.py)",
     "hst": "printed 0.78 M includes a VTAB head and is reproduced only roughly (hst.py)",

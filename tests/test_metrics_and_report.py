@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from helpers.report import read_report
 from helpers.runs import write_ok_run as _write_ok
 

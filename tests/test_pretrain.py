@@ -12,7 +12,7 @@ from safetensors import safe_open
 from vpeft.backbones import BackboneSpec, create_backbone, sha256_of
 from vpeft.engine.pretrain import PretrainConfig, pretrain_demo_backbone
 
-TINY = dict(num_classes=3, images_per_class=8, epochs=4, warmup_epochs=0, batch_size=8, lr=2e-3)
+TINY = {"num_classes": 3, "images_per_class": 8, "epochs": 4, "warmup_epochs": 0, "batch_size": 8, "lr": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_checkpoint_is_headless_records_its_recipe_and_loads_as_a_backbone(pretr
     assert summary["sha256"] == sha256_of(path)
     assert json.loads((folder / "a.safetensors.json").read_text()) == json.loads(json.dumps(summary))
     with safe_open(str(path), "pt") as f:
-        assert not [k for k in f.keys() if k.startswith("head.")]
+        assert not [k for k in f.keys() if k.startswith("head.")]  # noqa: SIM118 (safe_open has no __iter__)
         assert f.metadata()["arch"] == "vit_demo_patch4_32"
         assert json.loads(f.metadata()["recipe"]) == summary["config"] == {**PretrainConfig().__dict__, **TINY}
     assert len(summary["history"]) == TINY["epochs"]
@@ -36,7 +36,8 @@ def test_checkpoint_is_headless_records_its_recipe_and_loads_as_a_backbone(pretr
     model, digest = create_backbone(spec, num_classes=5)
     assert digest == summary["sha256"]
     with safe_open(str(path), "pt") as f:  # the saved weights, not a fresh init, are in the model
-        torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], f.get_tensor("blocks.0.attn.qkv.weight"))
+        saved = f.get_tensor("blocks.0.attn.qkv.weight")
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], saved)
 
 
 def test_same_seed_same_bytes_another_seed_other_weights(pretrained, tmp_path):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from helpers.videos import write_ssv2 as _ssv2
 from helpers.videos import write_video as _video
 

@@ -35,8 +35,8 @@ def smoke_config(folder: Path, name: str = "smoke.yaml") -> Path:
     config["suites"]["vtab-mini-scratch"]["methods"] = ["linear"]
     config["suites"]["vtab"]["root"] = str(folder / "no-vtab-here")
     config["backbones"]["vit-b16-in21k"]["url"] = "http://127.0.0.1:9/ViT-B_16.npz"  # refused at once
-    for name, archive in config["suites"]["vtab"]["download"]["archives"].items():  # never the real GBs
-        archive["url"] = f"http://127.0.0.1:9/{name}"
+    for archive_name, archive in config["suites"]["vtab"]["download"]["archives"].items():  # never the real GBs
+        archive["url"] = f"http://127.0.0.1:9/{archive_name}"
     return write_config(config, folder / name)
 
 

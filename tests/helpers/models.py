@@ -12,7 +12,8 @@ D, L, H = 768, 12, 3072  # ViT-B/16 width, depth, MLP width
 def small_vit(depth: int = 2, num_classes: int = 5, seed: int = 0, **kwargs) -> torch.nn.Module:
     """ViT with ViT-B's block structure at width 48, 3 heads, 32x32 input, patch 8 (16 tokens + cls)."""
     torch.manual_seed(seed)
-    options = dict(img_size=32, patch_size=8, embed_dim=48, depth=depth, num_heads=3, num_classes=num_classes)
+    options = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": depth, "num_heads": 3,
+               "num_classes": num_classes}
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**options, **kwargs})
 
 
