@@ -51,8 +51,8 @@ def test_generators_are_byte_identical_per_seed(tmp_path):
 
 
 def test_coco_json_is_read_by_pycocotools_with_boxes_matching_masks(shapes_dir):
-    from pycocotools.coco import COCO
     from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
 
     coco = COCO(str(shapes_dir / "annotations" / "instances_train800val200.json"))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["circle", "square", "triangle"]

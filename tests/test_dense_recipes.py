@@ -101,10 +101,10 @@ def test_real_backbones_are_the_catalog_ones(shipped):
 
 def test_embedded_config_writes_loads_and_builds(shipped, tmp_path):
     """The embedded COCO recipe: same detector, CPU size; the dumped file builds a real mmdet model."""
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     run = run_of(shipped, "coco-mini", "lora", "shapes")
     run["pretrained"] = False  # random init: the test does not read the shipped weights

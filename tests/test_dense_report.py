@@ -104,3 +104,17 @@ def test_dense_html_has_metrics_params_ppt_memory_and_published_rows(dense_runs)
     html = render_html(context)
     for text in ("PPT AP box", "published: Frozen", "13,996 MB", "incomplete: 1 missing", "pycocotools"):
         assert text in html
+
+
+@pytest.mark.xfail(strict=True, reason="report bug found by issue 15: a dense task with no successful run and no "
+                   "published table gets no metric column, so its rows read 'ok' (vpeft.report.html._dense_columns)")
+def test_a_dense_task_without_any_successful_run_is_not_shown_as_ok(tmp_path):
+    runs = load_runs([tmp_path / "results/coco-mini/lora/shapes/seed-42/metrics.json"])  # never ran
+    suites = {"coco-mini": {"title": "COCO-mini", "kind": "dense", "protocol": "vtab1k", "backbone": "swin-demo",
+                            "methods": ["lora"], "tasks": ["shapes"], "groups": None, "published": None, "notes": [],
+                            "families": {"lora": {"family": "reparameterization", "mergeable": True,
+                                                  "paper": "z 2022"}}}}
+    suite = build_context(runs, suites)["suites"][0]
+    assert [(f["method"], f["task"], f["status"]) for f in suite["failures"]] == [("lora", "shapes", "missing")]
+    [row] = suite["rows"]
+    assert row["status"] != "ok" and [c["cls"] for c in row["cells"]] == ["missing"]

@@ -6,35 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workflow
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+from helpers.configs import dense_config
+from helpers.report import read_report
+from helpers.snake import ROOT, job_counts, run_workflow
 
 pytestmark = pytest.mark.slow
-
-
-def dense_config(tmp_path: Path) -> Path:
-    """The shipped config with the embedded dense suites as the default target, shrunk to 2 methods and
-    a few iterations; the shipped demo backbone."""
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["default_suites"] = ["coco-mini", "ade-mini"]
-    backbone = config["backbones"]["swin-demo"]
-    backbone["checkpoint"] = str(ROOT / backbone["checkpoint"])
-    for name in ("coco-mini", "ade-mini"):
-        suite = config["suites"][name]
-        suite.update(methods=["linear", "lora"], sizes={"train800": 8, "val200": 4, "test": 8})
-    config["suites"]["coco-mini"]["training"]["epochs"] = 2
-    config["suites"]["coco-mini"]["data"]["milestones"] = [1]
-    config["suites"]["ade-mini"]["data"].update(max_iters=6, warmup_iters=2)
-    path = tmp_path / "dense.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,8 +34,16 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     for method in ("linear", "lora"):  # the other suite is not lost
         run = json.loads((tmp_path / f"results/ade-mini/{method}/scenes/seed-42/metrics.json").read_text())
         assert run["status"] == "ok"
-    report = (tmp_path / "reports/index.html").read_text()  # rebuilt after the failure, runs marked
-    assert "missing" in report and "mIoU" in report
+    shown = read_report(tmp_path / "reports/index.html")  # rebuilt after the failure, runs marked
+    # (a dense task without any successful run has no metric column and its rows read 'ok': a report bug,
+    # pinned by the strict xfail in test_dense_report.py; the list entries and the header mark the runs)
+    assert "0 of 2 runs succeeded" in shown["coco-mini"].meta
+    for method in ("linear", "lora"):
+        ade = shown["ade-mini"].cell(method, "mIoU")
+        assert not ade.classes & {"missing", "failed"} and float(ade.text) >= 0, (method, ade)
+    assert sorted((f["method"], f["task"], f["status"], f["status_class"]) for f in shown["coco-mini"].failures()) == [
+        ("linear", "shapes", "missing", "missing"), ("lora", "shapes", "missing", "missing")]
+    assert shown["ade-mini"].failures() == []
 
     ann.write_bytes(good)
     # the report written after the failure is newer than everything: force it, so its missing inputs are made
@@ -74,16 +62,22 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     assert not (tmp_path / "results/coco-mini/lora/shapes/seed-42/checkpoint").exists()
     ade = json.loads((tmp_path / "results/ade-mini/linear/scenes/seed-42/metrics.json").read_text())
     assert ade["metric"]["name"] == "miou" and ade["params"]["trainable"] == 0
-    report = (tmp_path / "reports/index.html").read_text()
-    for text in ("COCO-mini", "ADE-mini", "AP box", "AP mask", "mIoU", "PPT AP box", "Memory"):
-        assert text in report
-    assert report.count("2 of 2 runs succeeded") == 2
+    shown = read_report(tmp_path / "reports/index.html")
+    for suite, columns in (("coco-mini", ("AP box", "AP mask")), ("ade-mini", ("mIoU",))):
+        header = shown[suite].table("Results").header
+        assert header == ["Method", *columns, "Params", *(f"PPT {c}" for c in columns), "Memory", "Status"]
+        for method in ("linear", "lora"):
+            for column in (*columns, *(f"PPT {c}" for c in columns)):
+                cell = shown[suite].cell(method, column)
+                assert not cell.classes & {"missing", "failed"} and float(cell.text) >= 0, (suite, method, cell)
+            assert shown[suite].cell(method, "Memory").text not in ("", "-")
+        assert shown[suite].failures() == [] and "2 of 2 runs succeeded" in shown[suite].meta
 
 
 def test_real_coco_pipeline_is_planned(tmp_path):
     dry = snakemake(tmp_path, "-n", "results/coco/mona/")
-    counts = dict(line.split() for line in dry.stdout.splitlines()
-                  if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert counts["download_data_archive"] == "3" and counts["download_backbone"] == "1"
-    assert counts["prepare_task_folder"] == "1" and counts["check_dense_task"] == "1"
-    assert counts["train_dense_run"] == "1" and "train_run" not in counts
+    counts = job_counts(dry.stdout)
+    coco = yaml.safe_load((ROOT / "config/config.yaml").read_text())["suites"]["coco"]
+    assert counts["download_data_archive"] == len(coco["download"]["archives"]) and counts["download_backbone"] == 1
+    assert counts["prepare_task_folder"] == len(coco["tasks"]) == counts["check_dense_task"]
+    assert counts["train_dense_run"] == len(coco["tasks"]) and "train_run" not in counts

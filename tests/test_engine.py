@@ -7,22 +7,9 @@ import math
 
 import pytest
 import torch
+from helpers.runs import BACKBONE, run_values  # noqa: F401
 
 from vpeft.engine.train import TrainingError, run_training
-
-BACKBONE = {"name": "vit-demo-random", "arch": "vit_demo_patch4_32.fractal", "checkpoint": None,
-            "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
-TRAINING = {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "eval_batch_size": 16, "lr": 1e-3,
-            "weight_decay": 1e-4, "warmup_lr_init": 1e-6, "lr_min": 1e-5, "label_smoothing": 0.1,
-            "drop_path": 0.1, "train_aug": False, "num_workers": 0}
-
-
-def run_values(task_dir, method="lora", **training):
-    return {"suite": "toy-suite", "task": "toy", "method": method, "seed": 7, "task_dir": str(task_dir),
-            "num_classes": 3, "backbone": BACKBONE, "protocol": {"name": "vtab1k", "train_split": "train800val200",
-                                                                  "eval_split": "test"},
-            "method_hparams": {"rank": 2} if method == "lora" else {}, "training": {**TRAINING, **training},
-            "pretrained": False}
 
 
 def test_metrics_file_records_result_and_provenance(vtab_task, tmp_path):
@@ -43,18 +30,42 @@ def test_metrics_file_records_result_and_provenance(vtab_task, tmp_path):
     assert not list(out.parent.glob("*.tmp")), "no temporary files may be left behind"
 
 
-def test_same_seed_gives_identical_metrics(vtab_task, tmp_path):
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(vtab_task, tmp_path):
     a = run_training(run_values(vtab_task, "adapter", drop_path=0.1), tmp_path / "a.json")
     b = run_training(run_values(vtab_task, "adapter", drop_path=0.1), tmp_path / "b.json")
     assert a["metric"] == b["metric"]
     assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
+    # the seed reaches the run (head init, shuffling, drop-path): another one trains another model
+    other = run_training(run_values(vtab_task, "adapter", seed=8, drop_path=0.1), tmp_path / "c.json")
+    assert other["config"]["seed"] == 8
+    assert [h["loss"] for h in other["train"]["history"]] != [h["loss"] for h in a["train"]["history"]]
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_writes_nothing(vtab_task, tmp_path):
+def test_nan_loss_stops_at_the_first_bad_step_and_writes_nothing(vtab_task, tmp_path):
+    """AdamW's first update moves every weight by about lr whatever the gradient's size, so at lr = 1e30
+    step 1 of epoch 1 (16 training images, batch 8) is finite and step 2 is the first non-finite loss."""
     out = tmp_path / "metrics.json"
-    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch \d+, step \d+ \(toy-suite/full/toy"):
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 1, step 2 \(toy-suite/full/toy, seed 7\)"):
         run_training(run_values(vtab_task, "full", lr=1e30, warmup_epochs=0, epochs=3), out)
     assert not out.exists()
+
+
+def test_a_non_finite_loss_later_in_the_run_is_reported_at_its_epoch_and_step(vtab_task, tmp_path, monkeypatch):
+    """The 4th loss of the run (epoch 2, step 2 at 2 steps per epoch) is made NaN; the run stops there,
+    not before, and not at a later step."""
+    calls = []
+    original = torch.nn.CrossEntropyLoss.forward
+
+    def nan_on_the_fourth(self, logits, labels):
+        calls.append(1)
+        loss = original(self, logits, labels)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_on_the_fourth)
+    out = tmp_path / "metrics.json"
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 2 \(toy-suite/lora/toy, seed 7\)"):
+        run_training(run_values(vtab_task, "lora", warmup_epochs=0, epochs=3, drop_path=0.0), out)
+    assert len(calls) == 4 and not out.exists()
 
 
 @pytest.mark.parametrize("method, hparams", [("sct", {"top_n": 8}), ("gps", {"top_k": 1})])

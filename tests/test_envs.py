@@ -4,9 +4,9 @@ dense env adds the OpenMMLab stack and builds mmcv through the project's install
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_engine import BACKBONE, run_values
+from helpers.runs import BACKBONE, run_values
 
 from vpeft.engine.feature_cache import (
     PRE_LOGITS,

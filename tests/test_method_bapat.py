@@ -4,17 +4,15 @@ switched off, and BitFit's part trains the backbone's biases but never the metho
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
+from helpers.models import small_vit as _small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
 from vpeft.methods.bapat import PattQKV
 
 
 def small_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=4)
+    return _small_vit(depth=2, num_classes=4)
 
 
 def test_patt_adds_to_k_and_v_only():

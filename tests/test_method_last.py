@@ -8,15 +8,14 @@ import copy
 import pytest
 import timm
 import torch
+from helpers.models import small_vit as _small_vit
 
 import vpeft.backbones  # noqa: F401  (registers the demo ViT with timm)
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
 
 
 def small_vit(depth=2):
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=depth, num_heads=3, num_classes=5)
+    return _small_vit(depth=depth, num_classes=5)
 
 
 def batch(n=6):

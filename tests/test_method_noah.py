@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from helpers.models import small_vit as _small_vit
 
 from vpeft.config import load_yaml
 from vpeft.engine.noah_search import search_subnet, train_supernet
@@ -24,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("prompt_dims", "lora_ranks", "adapter_dims")
 
 
-def small_vit(depth: int = 2, num_classes: int = 5) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=depth, num_heads=3, num_classes=num_classes)
+def small_vit(depth: int = 2, num_classes: int = 5):
+    return _small_vit(depth=depth, num_classes=num_classes)
 
 
 def images(n: int = 4):

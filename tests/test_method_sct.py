@@ -9,15 +9,10 @@ import copy
 import pytest
 import timm
 import torch
+from helpers.models import small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
 from vpeft.methods.sct import SctBlock
-
-
-def small_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=5)
 
 
 def random_batch(seed: int, n: int = 6, num_classes: int = 5):

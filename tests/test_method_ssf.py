@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-import timm
 import torch
+from helpers.models import meta_counts, small_swin, small_vit
 
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
-
-
-def small_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=5)
-
-
-def small_swin():
-    torch.manual_seed(0)
-    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
-                             depths=(1, 1), num_heads=(1, 2), window_size=7, num_classes=3)
 
 
 def test_placement_on_vit_follows_the_paper():
@@ -122,8 +108,7 @@ def test_frozen_prefix_counts_untouched_leading_blocks():
 
 
 def test_count_at_vit_b16_is_the_published_205824():
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
-    assert apply_method(model, build_method("ssf")).parameter_counts()["trainable"] == 205_824
+    assert meta_counts("ssf")["trainable"] == 205_824  # SSF paper, Table 1 (ViT-B/16, head excluded)
 
 
 def test_bad_init_std_is_refused():

@@ -1,18 +1,21 @@
 """One parametrised table over every method: trainability, gradients, counts, init, merge.
 
-Small models check behaviour; a random-init ViT-B/16 checks the parameter formulas at real size.
+Small models check behaviour; ViT-B/16 on the meta device checks the counts at real size against the
+paper's shapes written out per method.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import timm
 import torch
+from helpers.models import meta_counts
+from helpers.models import small_vit as _small_vit
 
 from vpeft.methods import (
     MethodError,
@@ -34,7 +37,8 @@ class Case:
     small: hyper-parameters on the small test ViT; vitb: hyper-parameters at ViT-B/16;
     formula: trainable parameters at ViT-B/16 (head excluded) from the method's own formula;
     published: the count V-PETL / the paper prints, where our formula reproduces it (else None, and
-    the method's module docstring says why); identity: the wrapped model equals the frozen one at init.
+    PUBLISHED_DIFFERS says in one line why, the module docstring in full); identity: the wrapped model
+    equals the frozen one at init.
     """
 
     small: dict = field(default_factory=dict)
@@ -99,6 +103,24 @@ CASES = {
     "e3va": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # LoRand-style adapters x 2 per block + final norm
                  lambda a=2, b=8, m=64: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D) + 2 * D),
 }
+# Why a published count (V-PETL's tables, published/*.csv) is not the `formula` at the case's settings.
+PUBLISHED_DIFFERS = {
+    "vpt-deep": "printed 0.56 M is at VPT's per-task prompt lengths, not the 10 tokens of this case",
+    "gps": "V-PETL's 0.22 M is not derivable from the official scripts (K = 1 on all but one task: 0.17 M mean)",
+    "snf": "printed 0.25 M counts the FGVC head (test_method_snf.py: count + mean head rounds to it)",
+    "prefix-tuning": "printed 0.36 M counts the FGVC head (test_method_prefix_tuning.py: count + mean head)",
+    "hydra": "printed 0.28 M counts the VTAB head (test_method_hydra.py: count + mean head rounds to it)",
+    "u-tuning": "printed 0.36 M counts the FGVC head (test_method_u_tuning.py: count + mean head)",
+    "repadapter": "printed 0.22 M leaves out the up-projection biases the official code trains "
+                  "(test_method_repadapter.py)",
+    "fact-tk": "printed rows average per-task ranks and scales, not one setting (fact.py)",
+    "fact-tt": "printed rows average per-task ranks and scales, not one setting (fact.py)",
+    "hst": "printed 0.78 M includes a VTAB head and is reproduced only roughly (hst.py)",
+    "last": "printed 0.66 M needs an unverified reading of the paper's r, groups and biases (last.py)",
+    "noah": "printed 0.43 M is NOAH's own counting of its searched subnets, not reproduced (noah.py)",
+    "bapat": "printed 2.06 M does not identify the adapter scheme; none we could derive gives it (bapat.py)",
+}
+REAL_WEIGHTS_TO_COUNT = {"hst"}  # builds its side network from the backbone's weights
 IDENTITY_AT_INIT = sorted(name for name, case in CASES.items() if case.identity)
 
 
@@ -123,10 +145,8 @@ def test_methods_declare_family_paper_and_year():
         assert cls.paper and re.search(r"(19|20)\d\d", cls.paper), f"{name}: paper must name the reference and year"
 
 
-def small_vit(num_classes: int = 5) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=num_classes)
+def small_vit(num_classes: int = 5):
+    return _small_vit(depth=2, num_classes=num_classes)
 
 
 def batch(n: int = 6, num_classes: int = 5):
@@ -192,17 +212,39 @@ def test_every_trainable_tensor_gets_gradient_and_frozen_ones_do_not(name):
             assert torch.equal(p, frozen[n]), f"{name}: frozen {n} was modified"
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_parameter_count_follows_formula_at_vit_b16(name, vit_b16):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "gps" else n for n in sorted(CASES)])
+def test_parameter_count_at_vit_b16_is_the_papers_shapes(name, request):
+    """The count of the built method equals the count written out from the paper's shapes (`formula`),
+    and the published number where that reproduces it. Built on the meta device (real shapes, no
+    storage), except where building needs real weights: a data-dependent selection (GPS, SCT) or
+    weights copied from the backbone (HST)."""
     case = CASES[name]
-    model = copy.deepcopy(vit_b16)
-    images = (torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1]))
-    counts = apply_case(name, model, case.vitb, num_classes=10, images=images).parameter_counts()
+    if get_method_class(name).needs_selection or name in REAL_WEIGHTS_TO_COUNT:
+        images = (torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1]))
+        model = copy.deepcopy(request.getfixturevalue("vit_b16"))
+        counts = apply_case(name, model, case.vitb, num_classes=10, images=images).parameter_counts()
+    else:
+        counts = meta_counts(name, case.vitb)
     assert counts["trainable"] == case.formula()
     if case.published is not None:
         assert counts["trainable"] == case.published
     assert counts["head"] == 769 * 10
     assert counts["trainable_with_head"] == counts["trainable"] + counts["head"]
+
+
+def test_every_published_count_is_reproduced_or_its_difference_explained():
+    import csv
+
+    from helpers.snake import ROOT
+
+    printed = set()
+    for table in ("vtab1k", "fgvc"):
+        with open(ROOT / "src/vpeft/report/published" / f"{table}.csv", newline="") as f:
+            printed |= {row["method"] for row in csv.DictReader(f)}
+    printed = {"prefix-tuning" if m == "prefix" else m for m in printed} & set(CASES)
+    unexplained = sorted(m for m in printed if CASES[m].published is None and m not in PUBLISHED_DIFFERS)
+    assert unexplained == []
+    assert not [m for m in PUBLISHED_DIFFERS if CASES[m].published is not None]
 
 
 @pytest.mark.parametrize("name", sorted(IDENTITY_AT_INIT))
@@ -356,5 +398,4 @@ def test_targets_that_match_nothing_are_an_error_not_a_silent_no_op():
     ("lora", {"rank": 64}, 256 * 12_032),  # 4 * r * sum(dim x blocks), the catalog's 3,080,192 for Swin-B
 ])
 def test_counts_at_swin_b(name, hparams, expected):
-    model = timm.create_model("swin_base_patch4_window7_224", pretrained=False, num_classes=10)
-    assert apply_method(model, build_method(name, hparams)).parameter_counts()["trainable"] == expected
+    assert meta_counts(name, hparams, arch="swin_base_patch4_window7_224")["trainable"] == expected

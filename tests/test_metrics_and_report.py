@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.report import read_report
+from helpers.runs import write_ok_run as _write_ok
 
 from vpeft.metrics import ppt, round_half_up, top1_accuracy
 from vpeft.report.html import build_context, format_seconds, human_params, render_report
@@ -94,7 +96,7 @@ def test_round_half_up():
 
 
 def test_top1_accuracy():
-    torch = pytest.importorskip("torch")
+    import torch
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     assert top1_accuracy(logits, torch.tensor([1, 0, 0, 0])) == pytest.approx(0.75)
     one_hot = torch.nn.functional.one_hot(torch.tensor([1, 0, 1, 0]), 2).float()
@@ -231,32 +233,6 @@ SCRIPT_ERROR = 'CUDA out of memory <script>alert("x")</script> & more'
 
 def _run_path(root: Path, suite: str, method: str, task: str, seed: int) -> Path:
     return root / "results" / suite / method / task / f"seed-{seed}" / "metrics.json"
-
-
-def _write_ok(root, suite, method, task, seed, value, trainable, **provenance):
-    path = _run_path(root, suite, method, task, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prov = {
-        "vpeft_version": "0.1.0", "git_commit": "abc123", "git_dirty": False,
-        "packages": {"torch": "2.14.1", "timm": "1.0.31"}, "hardware": {"cpu": "test-cpu", "cuda": None},
-        "threads": 1, "python": "3.11.7", "created": "2026-11-29T05:00:00Z",
-    }  # fmt: skip
-    prov.update(provenance)
-    data = {
-        "schema": "vpeft.run/1", "status": "ok", "suite": suite, "task": task, "method": method, "seed": seed,
-        "protocol": {"name": "vtab1k", "train_split": "train800val200", "eval_split": "test"},
-        "metric": {"name": "top1", "value": value},
-        "params": {"trainable": trainable, "trainable_with_head": trainable + 1290, "head": 1290,
-                   "backbone_total": 809354},
-        "train": {"epochs": 10, "images_per_second": 200.0 + seed, "wall_seconds": 12.0,
-                  "peak_memory_mb": 512.0, "final_loss": 0.31, "history": []},
-        "eval": {"split": "test", "num_images": 500, "wall_seconds": 1.0, "merged": True},
-        "config": {"backbone": {"name": "vit-demo", "arch": "vit_demo_patch4_32.fractal"},
-                   "method": {"name": method, "hparams": {}}, "training": {"epochs": 10, "lr": 0.001}},
-        "provenance": prov,
-    }  # fmt: skip
-    path.write_text(json.dumps(data))
-    return path
 
 
 def _write_failed(root, suite, method, task, seed, error):
@@ -508,12 +484,23 @@ def test_html_report(run_paths, tmp_path):
     assert " ".join(text.split()).count("Results \u00b7 protocol vtab1k") == 2  # each results table names it
     # missing / failed cells and the failure list
     titles = [attrs.get("title", "") for tag, attrs in checker.tags if tag == "td"]
-    classes = [attrs.get("class", "") for tag, attrs in checker.tags if tag == "td"]
-    assert "missing" in text and "failed" in text
-    assert any(c.split()[0] == "missing" for c in classes if c)
-    assert any(SCRIPT_ERROR in t for t in titles)  # error text in a title attribute, unescaped after parsing
-    assert "Missing / failed runs" in html
-    assert "no metrics.json at" in text
+    shown = read_report(out)[SUITE]
+    missing = shown.cell("lora", "textures")  # no seed ran: the cell says so
+    assert missing.text == "missing" and "missing" in missing.classes
+    partial = shown.cell("lora", "shapes")  # seed 1 ok, seed 2 failed: the value of seed 1, marked partial
+    assert partial.text == "70.00" and "partial" in partial.classes
+    assert SCRIPT_ERROR in partial.title  # error text in a title attribute, unescaped after parsing
+    assert not shown.cell("lora", "digits").classes & {"missing", "failed", "partial"}
+    assert shown.cell("lora", "Status").text == "incomplete: 2 missing, 1 failed"
+    assert shown.cell("linear", "Status").text == "ok"
+    entries = {(f["method"], f["task"], f["seed"]): f for f in shown.failures()}
+    assert sorted(entries) == [("lora", "shapes", "2"), ("lora", "textures", "1"), ("lora", "textures", "2")]
+    assert entries["lora", "shapes", "2"]["status_class"] == "failed" and SCRIPT_ERROR in entries[
+        "lora", "shapes", "2"]["reason"]
+    assert entries["lora", "textures", "1"]["status_class"] == "missing"
+    assert "no metrics.json at" in entries["lora", "textures", "1"]["reason"]
+    assert sorted((f["method"], f["task"], f["status"]) for f in read_report(out)["vtab-real"].failures()) == [
+        ("ln-tune", "cifar100", "missing"), ("ln-tune", "dtd", "missing")]  # one listed, one never run
     # escaping: the error message never appears as markup
     assert "<script" not in html.lower()
     assert "&lt;script&gt;" in html
@@ -524,7 +511,6 @@ def test_html_report(run_paths, tmp_path):
     assert any(b.startswith("88.00</strong>") for b in bolds)  # lora digits beats linear digits
     assert "12.3K" in text and "0.29M" in text
     assert any("12,288 trainable parameters" in t for t in titles)
-    assert "incomplete: 2 missing, 1 failed" in text
     # published comparison on the suite with real VTAB task names (cifar100 is an alias of cifar)
     assert "V-PETL: LoRA" in text
     assert "67.1" in text and "\u0394 +2.90" in text  # 70.0 - 67.1

@@ -10,8 +10,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vpeft.config import ConfigError, load_method_configs, load_yaml, resolve_run, resolve_suites, \
-    validate_against_schema
+from vpeft.config import (
+    ConfigError,
+    load_method_configs,
+    load_yaml,
+    resolve_run,
+    resolve_suites,
+    validate_against_schema,
+)
 from vpeft.data.splits import DataError, read_split_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers.runs import run_values
 
-from test_engine import run_values
 from vpeft.engine.train import TrainingError, run_training
 from vpeft.runs import CHECKPOINT_DIR, FAILURE_RECORD
 

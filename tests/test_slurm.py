@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_workflow import ROOT, SNAKEMAKE, smoke_config
+from helpers.configs import smoke_config
+from helpers.snake import ROOT, SNAKEMAKE
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ user meets on bad targets or missing real data."""
 from __future__ import annotations
 
 import json
-import re
+import os
 import shutil
 import subprocess
 import sys
@@ -12,68 +12,69 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workflow
+from helpers.configs import smoke_config, write_config
+from helpers.plan import expected_jobs
+from helpers.report import read_report
+from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow
 
-from vpeft.config import deep_merge, load_method_configs, load_yaml, resolve_suites, suite_methods
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+from vpeft.backbones import sha256_of
+from vpeft.config import deep_merge, load_yaml
 
 pytestmark = pytest.mark.slow
-
-
-def smoke_config(tmp_path: Path) -> Path:
-    """The shipped config shrunk to 2 methods x 2 tasks x 1 epoch on tiny generated data."""
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    mini = config["suites"]["vtab-mini"]
-    mini.update(methods=["linear", "lora"], sizes={"train800": 12, "val200": 4, "test": 16},
-                tasks={k: mini["tasks"][k] for k in ("digits", "dsprites_loc")})
-    mini["training"].update(epochs=1, warmup_epochs=0, batch_size=8)
-    for backbone in config["backbones"].values():  # shipped checkpoints, from a run in another folder
-        if str(backbone.get("checkpoint") or "").startswith("assets/"):
-            backbone["checkpoint"] = str(ROOT / backbone["checkpoint"])
-    # the image track only: the video and dense tracks have end-to-end tests of their own
-    config["default_suites"] = ["vtab-mini", "vtab-mini-scratch"]
-    config["suites"]["vtab-mini-scratch"]["methods"] = ["linear"]
-    config["suites"]["vtab"]["root"] = str(tmp_path / "no-vtab-here")
-    config["backbones"]["vit-b16-in21k"]["url"] = "http://127.0.0.1:9/ViT-B_16.npz"  # refused at once
-    path = tmp_path / "smoke.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def snakemake(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run_workflow(tmp_path, smoke_config(tmp_path), *args, check=check)
 
 
+def assert_all_runs_shown_ok(report: Path, suite: str, methods, tasks) -> None:
+    """Every (method, task) cell of `suite` holds a number (no missing / failed class), the list of
+    missing / failed runs is empty and the header counts every run as succeeded."""
+    shown = read_report(report)[suite]
+    for method in methods:
+        for task in tasks:
+            cell = shown.cell(method, task)
+            assert not cell.classes & {"missing", "failed"} and float(cell.text) >= 0, (method, task, cell)
+    assert shown.failures() == []
+    n = len(methods) * len(tasks)
+    assert f"{n} of {n} runs succeeded" in shown.meta
+
+
 def test_lint_is_clean():
     result = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Congratulations" in result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr  # the lint's own all-clear line
 
 
-def test_end_to_end_default_run_builds_the_report(tmp_path):
-    snakemake(tmp_path, "--cores", "2")
-    report = (tmp_path / "reports/index.html").read_text()
-    for name in ("linear", "lora", "digits", "dsprites_loc", "PPT"):
-        assert name in report
-    table = (tmp_path / "results/vtab-mini/table.csv").read_text()
-    assert table.splitlines()[0].startswith("method") or "digits" in table.splitlines()[0]
-    run = json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())
+def test_shipped_default_target_is_planned_as_shipped(tmp_path):
+    """`snakemake -n` in a fresh checkout (the project's files linked into an empty folder, no result
+    yet), with the shipped config/config.yaml untouched: the jobs `make benchmark` runs, per rule, counted
+    from the config."""
+    for part in ("Snakefile", "workflow", "config", "assets", "src"):
+        (tmp_path / part).symlink_to(ROOT / part)
+    dry = run_workflow(tmp_path, None, "-n")
+    config = load_yaml(ROOT / "config/config.yaml")
+    assert job_counts(dry.stdout) == expected_jobs(config), dry.stdout[-3000:]
+
+
+def test_end_to_end_default_run_builds_the_report(smoke_run):
+    assert_all_runs_shown_ok(smoke_run / "reports/index.html", "vtab-mini", ("linear", "lora"),
+                             ("digits", "dsprites_loc"))
+    assert_all_runs_shown_ok(smoke_run / "reports/index.html", "vtab-mini-scratch", ("linear",),
+                             ("digits", "dsprites_loc"))
+    header = (smoke_run / "results/vtab-mini/table.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "method" and {"digits", "dsprites_loc", "ppt"} <= set(header)
+    run = json.loads((smoke_run / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())
     assert run["status"] == "ok" and run["config"]["training"]["epochs"] == 1
-    assert (tmp_path / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
+    assert (smoke_run / "logs/train/vtab-mini/lora/digits/seed-42.log").read_text().count("epoch 1/1") == 1
 
     # Adding a run does not re-run the others: a new seed trains only the new runs.
-    config = yaml.safe_load((tmp_path / "smoke.yaml").read_text())
+    config = yaml.safe_load((smoke_run / "smoke.yaml").read_text())
     config["seeds"] = [42, 43]
-    two_seeds = tmp_path / "two-seeds.yaml"
-    two_seeds.write_text(yaml.safe_dump(config, sort_keys=False))
-    dry = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(two_seeds), "-n"],
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stderr
-    stats = dict(line.split() for line in dry.stdout.splitlines()
-                 if line.split()[:1] and line.split()[0] in ("train_run", "generate_embedded_task") and len(line.split()) == 2)
-    assert stats == {"train_run": "6"}, dry.stdout[-2000:]  # (2 methods x 2 tasks) + scratch linear x 2
+    dry = run_workflow(smoke_run, write_config(config, smoke_run.parent / "two-seeds.yaml"), "-n")
+    counts = job_counts(dry.stdout)
+    assert counts["train_run"] == 6, dry.stdout[-2000:]  # (2 methods x 2 tasks) + scratch linear x 2
+    assert not {"generate_embedded_task", "check_task_data"} & set(counts), counts
 
 
 def test_method_folder_target(tmp_path):
@@ -107,12 +108,16 @@ def test_invalid_config_names_the_key(tmp_path):
 
 def test_real_suite_is_planned_and_missing_data_says_where_to_put_it(tmp_path):
     dry = snakemake(tmp_path, "-n", "results/vtab/lora/")
-    assert "check_task_data" in dry.stdout and "download_backbone" in dry.stdout
+    counts = job_counts(dry.stdout)
+    n_tasks = len(yaml.safe_load((ROOT / "config/config.yaml").read_text())["suites"]["vtab"]["tasks"])
+    assert counts["check_task_data"] == counts["train_run"] == n_tasks and counts["download_backbone"] == 1
     run = snakemake(tmp_path, "--cores", "1", "--keep-going", "results/vtab/lora/", check=False)
     assert run.returncode != 0
-    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
-    assert "Put an extracted VTAB-1k copy" in logs
-    assert "place it at" in logs and "ViT-B_16.npz" in logs
+    # each message in the log of the job that stopped: the data archive's and the backbone's download
+    [archive_log] = (tmp_path / "logs/data/download/vtab").glob("*.log")
+    assert "Put an extracted VTAB-1k copy" in archive_log.read_text()
+    [download_log] = (tmp_path / "logs").rglob("*ViT-B_16.npz*.log")
+    assert "place it at" in download_log.read_text() and "ViT-B_16.npz" in download_log.read_text()
     assert not list((tmp_path / "results/vtab").rglob("metrics.json"))
 
 
@@ -125,33 +130,35 @@ def test_shipped_demo_checkpoint_matches_its_record():
     assert config["backbones"]["vit-demo"]["sha256"] == record["sha256"]
 
 
-def test_keep_going_still_builds_a_report_that_shows_the_failure(tmp_path):
-    config = yaml.safe_load(smoke_config(tmp_path).read_text())
-    config["suites"]["vtab-mini"]["training"]["warmup_epochs"] = 0
+def test_keep_going_still_builds_a_report_that_shows_the_failure(copy_smoke_run):
+    work = copy_smoke_run
+    config = yaml.safe_load((work / "smoke.yaml").read_text())
     # lora has no suite-level lr of its own, so this task-level lr reaches it and blows the loss up
     config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"] = {"lr": 1e30, "epochs": 2}
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(broken),
-                             "--cores", "2", "--keep-going"], capture_output=True, text=True, timeout=900)
+    result = run_workflow(work, write_config(config, work / "broken.yaml"), "--cores", "2", "--keep-going",
+                          check=False)
     assert result.returncode != 0
-    report = (tmp_path / "reports/index.html").read_text()
-    assert "failed" in report and "TrainingError: loss is" in report
-    assert json.loads((tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
-    assert not (tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()
+    assert job_counts(result.stdout + result.stderr)["train_run"] == 1  # only the changed run
+    shown = read_report(work / "reports/index.html")["vtab-mini"]
+    cell = shown.cell("lora", "dsprites_loc")
+    assert cell.text == "failed" and "failed" in cell.classes and "TrainingError: loss is" in cell.title
+    assert not shown.cell("lora", "digits").classes & {"failed", "missing"}
+    assert not shown.cell("linear", "dsprites_loc").classes & {"failed", "missing"}
+    [entry] = shown.failures()
+    assert (entry["method"], entry["task"], entry["seed"]) == ("lora", "dsprites_loc", "42")
+    assert entry["status"] == entry["status_class"] == "failed" and "TrainingError: loss is" in entry["reason"]
+    assert "3 of 4 runs succeeded" in shown.meta
+    assert json.loads((work / "results/vtab-mini/lora/digits/seed-42/metrics.json").read_text())["status"] == "ok"
+    assert not (work / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").exists()
 
     # Fix the cause and run the plain command again: the failed run trains now (it is not "nothing to
     # be done" because a report exists) and the rebuilt report shows no failure.
     del config["suites"]["vtab-mini"]["tasks"]["dsprites_loc"]["training"]
-    fixed = tmp_path / "fixed.yaml"
-    fixed.write_text(yaml.safe_dump(config, sort_keys=False))
-    rerun = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(fixed), "--cores", "2"],
-                           capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert job_counts(rerun.stdout + rerun.stderr).get("train_run", 0) >= 1
-    assert json.loads((tmp_path / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").read_text())[
+    rerun = run_workflow(work, write_config(config, work / "fixed.yaml"), "--cores", "2")
+    assert job_counts(rerun.stdout + rerun.stderr)["train_run"] == 1
+    assert json.loads((work / "results/vtab-mini/lora/dsprites_loc/seed-42/metrics.json").read_text())[
         "status"] == "ok"
-    assert "TrainingError" not in (tmp_path / "reports/index.html").read_text()
+    assert_all_runs_shown_ok(work / "reports/index.html", "vtab-mini", ("linear", "lora"), ("digits", "dsprites_loc"))
 
 
 def test_snakemake_job_killed_mid_run_resumes_on_rerun(tmp_path):
@@ -243,18 +250,15 @@ class ToyScaleMethod(PeftMethod):
 '''
 
 
-def job_counts(stdout: str) -> dict[str, int]:
-    """Snakemake's job-stats table as {rule: count}."""
-    return {parts[0]: int(parts[1]) for parts in (line.split() for line in stdout.splitlines())
-            if len(parts) == 2 and parts[1].isdigit() and re.fullmatch(r"[a-z_]+", parts[0])
-            and parts[0] != "total"}
-
-
-def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(tmp_path):
+def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(tmp_path, smoke_run):
     """The README's recipe, literally: copy the project, keep two methods, run; add a module and a YAML,
-    run the same command again: only the new method's runs train, and the report shows its row."""
+    run the same command again: only the new method's runs train, and the report shows its row. (The
+    first run starts from the smoke pipeline's finished runs of the same two methods, so it trains
+    nothing: that is the part of the recipe already shown by the other tests.)"""
     project = tmp_path / "project"
     project.mkdir()
+    for part in ("resources", "results", "logs", "reports", ".snakemake"):
+        shutil.copytree(smoke_run / part, project / part, symlinks=True)
     for part in ("Snakefile", "workflow", "config", "src", "envs"):
         source = ROOT / part
         if source.is_dir():
@@ -276,17 +280,48 @@ def test_adding_a_method_is_one_module_plus_one_yaml_and_retrains_nothing_else(t
     (project / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "--cores", "2"]
 
-    first = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
+    first = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900, check=False)
     assert first.returncode == 0, first.stderr[-4000:]
-    assert "toy-scale" not in (project / "reports/index.html").read_text()
+    assert "train_run" not in job_counts(first.stdout + first.stderr)
+    assert_all_runs_shown_ok(project / "reports/index.html", "vtab-mini", ("linear", "lora"),
+                             ("digits", "dsprites_loc"))
+    with pytest.raises(AssertionError, match="0 rows"):
+        read_report(project / "reports/index.html")["vtab-mini"].cell("toy-scale", "digits")
 
     (methods_dir / "toy_scale.py").write_text(TOY_METHOD)
     (project / "config/methods/toy-scale.yaml").write_text("# toy\nhparams: {}\ntraining: {}\n")
-    second = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900, check=False)
     assert second.returncode == 0, second.stderr[-4000:]
     jobs = job_counts(second.stdout + second.stderr)
     assert jobs == {"train_run": 2, "suite_table": 1, "report": 1, "all": 1}, jobs
-    report = (project / "reports/index.html").read_text()
-    assert "toy-scale" in report
+    assert_all_runs_shown_ok(project / "reports/index.html", "vtab-mini", ("linear", "lora", "toy-scale"),
+                             ("digits", "dsprites_loc"))
     assert json.loads((project / "results/vtab-mini/toy-scale/digits/seed-42/metrics.json").read_text())[
         "status"] == "ok"
+
+
+def test_selection_and_search_stages_run_before_their_methods(tmp_path):
+    """select_parameters (SCT) and NOAH's noah_supernet -> noah_search run end to end on one tiny task,
+    and their results reach the runs that read them."""
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    mini = config["suites"]["vtab-mini"]
+    mini.update(methods=["sct", "noah"], tasks={"digits": mini["tasks"]["digits"]})
+    config["default_suites"] = ["vtab-mini"]
+    result = run_workflow(tmp_path, write_config(config, tmp_path / "stages.yaml"), "--cores", "2")
+    assert job_counts(result.stdout + result.stderr) == {
+        "generate_embedded_task": 1, "check_task_data": 1, "select_parameters": 1, "noah_supernet": 1,
+        "noah_search": 1, "train_run": 2, "suite_table": 1, "report": 1, "all": 1}
+    folder = tmp_path / "results/vtab-mini"
+    sct = json.loads((folder / "sct/digits/seed-42/metrics.json").read_text())
+    assert sct["status"] == "ok" and sct["config"]["selection_sha256"] == sha256_of(
+        folder / "sct/digits/seed-42/selection.safetensors")
+    subnet = json.loads((folder / "noah/digits/seed-42/search/subnet.json").read_text())
+    noah = json.loads((folder / "noah/digits/seed-42/metrics.json").read_text())
+    assert noah["status"] == "ok"
+    for key, dims in subnet["hparams"].items():  # the searched subnet is the one the final run trained
+        assert noah["config"]["method_hparams"][key] == dims, key
+    search = json.loads((folder / "noah/digits/seed-42/search/search.json").read_text())
+    assert search["status"] == "ok" and search["protocol"]["eval_split"] == "val200"  # never the test split
+    assert search["best"]["subnet"] == {k: v for k, v in subnet["hparams"].items() if k != "mode"}
+    assert search["best"]["params"] == subnet["params"] <= search["settings"]["param_budget"]
+    assert_all_runs_shown_ok(tmp_path / "reports/index.html", "vtab-mini", ("sct", "noah"), ("digits",))
