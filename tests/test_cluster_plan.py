@@ -3,45 +3,32 @@ its runs counted from the config, and the resources Snakemake itself resolves fo
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from helpers.snake import ROOT, SNAKEMAKE, job_blocks
 
 from vpeft.config import deep_merge, load_method_configs, load_yaml, resolve_suites, suite_methods
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 TRAINING_RULES = {"train_run", "train_dense_run", "select_parameters", "noah_supernet", "noah_search"}
 ALL_REAL_SUITES = {"vtab", "fgvc", "ssv2", "ssv2-vswin", "hmdb51", "hmdb51-vswin", "coco", "voc", "ade20k"}
 
 pytestmark = pytest.mark.slow
 
 
-def planned_jobs(stdout: str) -> list[dict]:
-    """Each job block of a dry run: its rule, wildcards and resources, as Snakemake printed them."""
-    jobs = []
-    for line in stdout.splitlines():
-        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
-            jobs.append({"rule": line.split()[1].rstrip(":"), "wildcards": {}, "resources": {}})
-        elif jobs and line.startswith("    wildcards: "):
-            jobs[-1]["wildcards"] = dict(item.split("=", 1) for item in line[len("    wildcards: "):].split(", "))
-        elif jobs and line.startswith("    resources: "):
-            jobs[-1]["resources"] = dict(item.split("=", 1) for item in line[len("    resources: "):].split(", "))
-    return jobs
-
-
 @pytest.fixture(scope="module")
 def cluster_plan():
+    # `--profile slurm`: the top-level link to profiles/slurm, as the README spells it
+    assert os.path.islink(ROOT / "slurm") and (ROOT / "slurm").resolve() == (ROOT / "profiles/slurm").resolve()
     # without the workflow profile's `quiet: rules`, so the dry run prints every job's block
     result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "--workflow-profile", "none", "-n",
                              "--set-resources", "train_run:runtime=123"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     config = deep_merge(load_yaml(ROOT / "config/config.yaml"), load_yaml(ROOT / "config/benchmark.yaml"))
-    return planned_jobs(result.stdout), config
+    return job_blocks(result.stdout), config
 
 
 def test_the_full_plan_runs_every_method_of_every_real_suite(cluster_plan):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workflow
+from helpers.snake import run_workflow
 
 from vpeft.artifacts import read_trained_tensors
 from vpeft.export import load_run

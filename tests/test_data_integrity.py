@@ -3,8 +3,11 @@ parallel check gives the same manifest as the serial one."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import write_vtab_task
+from helpers.snake import ROOT, run_workflow
 
 from vpeft.data.check import check_task_folder
 from vpeft.data.splits import DataError
@@ -51,27 +54,19 @@ def test_an_undecodable_image_is_named_by_the_parallel_check(tmp_path):
 def test_a_checkpoint_placed_by_hand_is_held_to_the_lock_file(tmp_path):
     """No network, no sha256 in the config: the first check records the hand-placed file in the lock file;
     a different file at the same path later is refused before any run loads it, naming both hashes."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory",
-                 str(tmp_path), "--configfile", str(root / "config/config.yaml"), "--cores", "1",
-                 "--config", f"download_lock={tmp_path / 'lock.json'}"]
+    lock_setting = ("--config", f"download_lock={tmp_path / 'lock.json'}")
     checkpoint = tmp_path / "resources/backbones/ViT-B_16.npz"
     record = "resources/index/backbones/vit-b16-in21k.sha256.json"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights placed by hand")
-    first = subprocess.run([*snakemake[:-2], record, *snakemake[-2:]], capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    run_workflow(tmp_path, ROOT / "config/config.yaml", "--cores", "1", record, *lock_setting)
     digest = json.loads((tmp_path / record).read_text())["sha256"]
     lock = json.loads((tmp_path / "lock.json").read_text())["files"]
     assert lock["https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz"]["sha256"] == digest
 
     checkpoint.write_bytes(b"other weights at the same path")  # newer than the record: checked again
-    second = subprocess.run([*snakemake[:-2], record, *snakemake[-2:]], capture_output=True, text=True, timeout=300)
+    second = run_workflow(tmp_path, ROOT / "config/config.yaml", "--cores", "1", record, *lock_setting,
+                          check=False)
     assert second.returncode != 0
     log = (tmp_path / "logs/backbones/check_vit-b16-in21k.log").read_text()
     assert digest in log and "refusing to load it" in log

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import run_values
+from helpers.runs import run_values
 
 from vpeft.config import load_method_configs, load_yaml, resolve_run, resolve_suites
 from vpeft.engine.optim import build_optimizer

@@ -16,8 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_workflow
-from test_workflow import smoke_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -42,16 +40,14 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def finished_report(tmp_path_factory) -> Path:
+def finished_report(smoke_run) -> Path:
     _require_browser()
-    workdir = tmp_path_factory.mktemp("pipeline")
-    run_workflow(workdir, smoke_config(workdir), "--cores", "2")
-    report = workdir / "reports" / "index.html"
+    report = smoke_run / "reports" / "index.html"  # the session's finished smoke pipeline
     assert report.is_file()
     return report
 
 
-# What the smoke pipeline (tests/test_workflow.py: smoke_config) trains: suite -> methods with a result.
+# What the smoke pipeline (tests/helpers/configs.smoke_config) trains: suite -> methods with a result.
 EXPECTED_MARKS = {"vtab-mini": ["linear", "lora"], "vtab-mini-scratch": ["linear"]}
 
 _PLOT_FACTS = """() => [...document.querySelectorAll('figure.plot')].map(fig => {

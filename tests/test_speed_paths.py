@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from test_engine import run_values
+from helpers.runs import run_values
 from vpeft.data.layouts import get_layout
 from vpeft.engine.build import RunConfig, TrainingConfig, build_run_model
 from vpeft.engine.device_data import DeviceBatches

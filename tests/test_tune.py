@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workflow
+from helpers.snake import run_workflow
 
 from vpeft.config import (
     ConfigError,

@@ -34,3 +34,17 @@ def job_counts(output: str) -> dict[str, int]:
         elif len(parts) == 2 and parts[1].isdigit() and re.fullmatch(r"[a-z_]+", parts[0]) and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def job_blocks(output: str) -> list[dict]:
+    """Each job of a dry run printed without `--quiet rules`: its rule, wildcards and resources, as
+    Snakemake resolved them."""
+    jobs: list[dict] = []
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            jobs.append({"rule": line.split()[1].rstrip(":"), "wildcards": {}, "resources": {}})
+        elif jobs and line.startswith("    wildcards: "):
+            jobs[-1]["wildcards"] = dict(item.split("=", 1) for item in line[len("    wildcards: "):].split(", "))
+        elif jobs and line.startswith("    resources: "):
+            jobs[-1]["resources"] = dict(item.split("=", 1) for item in line[len("    resources: "):].split(", "))
+    return jobs
