@@ -219,7 +219,8 @@ def get_suite_report_info(wildcards):
 def suite_report_info(name):
     suite = SUITES[name]
     backbone = config["backbones"][suite["backbone"]]
-    return {"title": suite.get("title", name), "kind": suite["kind"], "protocol": suite["protocol"],
+    return {"title": suite.get("title", name), "kind": suite["kind"], "layout": suite["layout"],
+            "protocol": suite["protocol"],
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": task_groups(suite),
             "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": [],

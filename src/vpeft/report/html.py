@@ -29,6 +29,7 @@ import jinja2
 from markupsafe import Markup
 import pandas as pd
 
+from vpeft.dense.settings import LAYOUTS
 from vpeft.metrics import round_half_up
 from vpeft.report.families import FAMILY_TITLES
 from vpeft.report.metric_labels import DENSE_EVALUATORS, DENSE_METRICS, metric_name
@@ -481,8 +482,10 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
 # dense suites: several metrics per task (box AP, mask AP, mIoU), PPT per metric, training memory
 # --------------------------------------------------------------------------------------------
 
-def _dense_columns(runs: pd.DataFrame, name: str, tasks: list[str], published: str | None) -> list[tuple[str, str]]:
-    """(task, metric) columns: the metrics the suite's ok runs report, else the published table's."""
+def _dense_columns(runs: pd.DataFrame, name: str, tasks: list[str], published: str | None,
+                   layout: str | None = None) -> list[tuple[str, str]]:
+    """(task, metric) columns: the metrics the suite's ok runs report, else the published table's, else
+    the layout's primary metric (a task none of whose runs succeeded still gets its column of marks)."""
     ok = runs[(runs["suite"] == name) & (runs["status"] == "ok")] if len(runs) else runs
     columns = []
     for task in tasks:
@@ -494,6 +497,8 @@ def _dense_columns(runs: pd.DataFrame, name: str, tasks: list[str], published: s
                 found.add(row.metric_name)
         if not found and published in DENSE_TABLES:
             found = set(DENSE_TABLES[published][1])
+        if not found and layout in LAYOUTS:
+            found = {LAYOUTS[layout][2]}
         if "box_ap" in found:  # COCO: AP@[.5:.95] for boxes and masks, as the dense papers' tables
             found.discard("box_ap50")
         shown = [m for m in DENSE_METRICS if m in found] or sorted(found)[:1]
@@ -547,7 +552,7 @@ def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) 
     families = cfg.get("families") or {}
     methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])
-    columns = _dense_columns(runs, name, tasks, cfg.get("published"))
+    columns = _dense_columns(runs, name, tasks, cfg.get("published"), cfg.get("layout"))
     table = dense_table(runs, name, methods, columns)
     cells = cell_table(runs, name, methods, tasks)
     keys = [f"{t}:{m}" for t, m in columns]
