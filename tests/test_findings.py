@@ -44,13 +44,15 @@ def test_each_method_is_compared_with_linear_probing_and_backbones_over_the_same
     assert suites == before, "the suites passed in are not changed"
     # lora: (70 + 80) / 2 = 75.0 against linear's (50 + 60) / 2 = 55.0; ssf has no mean (a task never ran)
     assert notes["mini"] == [
-        "Mean top-1 relative to linear probing (55.0%): lora +20.0 points.",
-        "linear with vit-demo: 55.0% vs 35.0% with vit-demo-random (suite mini-scratch): +20.0 points.",
+        "Mean top-1 accuracy relative to linear probing (55.0%): lora +20.0 points.",
+        "linear, mean top-1 accuracy with vit-demo: 55.0% vs 35.0% with vit-demo-random (suite mini-scratch): "
+        "+20.0 points.",
     ]
     # the scratch suite has linear only (nothing to compare within it) and shares mini's data;
     # other-data has the scratch backbone but other data, so it is compared with nothing
     assert notes["mini-scratch"] == [
-        "linear with vit-demo-random: 35.0% vs 55.0% with vit-demo (suite mini): -20.0 points."]
+        "linear, mean top-1 accuracy with vit-demo-random: 35.0% vs 55.0% with vit-demo (suite mini): "
+        "-20.0 points."]
     assert notes["other-data"] == []
 
 

@@ -91,21 +91,24 @@ def test_auto_settings_follow_the_device(monkeypatch):
 #: until something compiles) with sympy, triton and inductor, about 2 s of every job's start; the video
 #: and dense stacks; data-science packages.
 HEAVY = ("torch._dynamo.eval_frame", "torch._inductor", "sympy", "triton", "vpeft.video", "vpeft.dense", "pandas",
-         "sklearn", "skimage", "decord", "mmcv")
+         "sklearn", "skimage", "decord", "mmcv", "optuna")
 
 
 @pytest.mark.slow
 def test_an_image_training_job_imports_no_heavy_module(vtab_task, tmp_path):
     values = run_values(vtab_task, "lora", epochs=1)
+    listing = tmp_path / "modules.json"  # not stdout: log_to_file sends the job's stdout to its log
     child = (f"import json, sys\n"
              f"from vpeft.engine.train import run_training, with_searched_hparams  # as workflow/scripts/train.py\n"
-             f"from vpeft.logs import log_to_file\n"
+             f"from vpeft.engine.tune import with_tuned_settings\n"
+             f"from vpeft.logs import console, finished_run_line, log_to_file\n"
              f"log_to_file({str(tmp_path / 'train.log')!r})\n"
-             f"run_training(json.loads({json.dumps(values)!r}), {str(tmp_path / 'metrics.json')!r})\n"
-             f"print(json.dumps(sorted(sys.modules)))\n")
+             f"metrics = run_training(json.loads({json.dumps(values)!r}), {str(tmp_path / 'metrics.json')!r})\n"
+             f"console(finished_run_line(metrics))\n"
+             f"open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n")
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:] + (tmp_path / "train.log").read_text()[-3000:]
+    modules = json.loads(listing.read_text())
     assert "timm" in modules and "torchvision" in modules and "vpeft.methods.lora" in modules
     loaded = [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
     assert loaded == [], f"an image training job imported {loaded}"

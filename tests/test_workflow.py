@@ -219,7 +219,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import MethodConfig, MethodLayer, PeftMethod, wrap_modules
+from .base import MethodConfig, MethodLayer, PeftMethod, variant, wrap_modules
 from .registry import register_method
 
 
@@ -244,6 +244,7 @@ class ToyScaleMethod(PeftMethod):
     category = "reparameterization"
     config_cls = ToyScaleConfig
     paper = "toy method of the test suite, 2026"
+    provenance = variant("a toy method of the test suite, verified by nothing")
 
     def inject(self, model):
         return wrap_modules(model, r"^norm$", ToyScale, method=self.name)
