@@ -36,7 +36,7 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
         assert run["status"] == "ok"
     shown = read_report(tmp_path / "reports/index.html")  # rebuilt after the failure, runs marked
     # (a dense task without any successful run has no metric column and its rows read 'ok': a report bug,
-    # pinned by the strict xfail in test_dense_report.py; the list entries and the header mark the runs)
+    # fixed, see test_dense_report.py; the list entries and the header mark the runs)
     assert "0 of 2 runs succeeded" in shown["coco-mini"].meta
     for method in ("linear", "lora"):
         ade = shown["ade-mini"].cell(method, "mIoU")
