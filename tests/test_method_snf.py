@@ -69,20 +69,44 @@ def test_identity_flows_give_the_frozen_model():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("hparams, expected", [
-    ({"flow_length": 0}, 36_864),                       # affine only: the abstract's "0.036M"
-    ({}, 73_752),                                       # K = 1: + mean FGVC head 180,407 = 254,159 -> 0.25 M
-    ({"flow_length": 1, "shortcuts": ["mlp"]}, 36_876),
-    ({"flow_length": 16}, 627_072),                     # the released code's default K
-])
-def test_count_at_vit_b16(hparams, expected):
-    assert meta_counts("snf", hparams)["trainable"] == expected
+def test_default_is_the_abstracts_0036m():
+    """The abstract: "with only 0.036M parameters" at ViT-B/16. Two affine flows (mu, log_sigma: 2 x 768)
+    per block, on the attention and the MLP shortcut, in 12 blocks; no planar flow."""
+    from_paper = 2 * 12 * (2 * 768)  # shortcuts x blocks x (mu + log_sigma)
+    assert meta_counts("snf")["trainable"] == from_paper
+    assert from_paper // 1000 == 36  # printed "0.036M": 36,864 cut (not rounded) to three decimals
 
 
-def test_published_fgvc_count_is_k1_plus_the_head():
-    # V-PETL's FGVC rows count the classifier head; K = 1 plus the mean head of our FGVC tasks rounds to it
-    count = meta_counts("snf", {"flow_length": 1})["trainable"]
-    assert round((count + mean_head("fgvc")) / 1e6, 2) == published_params("fgvc", "snf") / 1e6
+@pytest.mark.parametrize("flow_length", [1, 16])
+def test_every_planar_flow_adds_w_s_and_b_per_shortcut(flow_length):
+    # the released PlanarFlow holds weight (1, d), scale (1, d) and bias (1); 16 is set_snf's default
+    affine, planar = 2 * 12 * 2 * 768, 2 * 12 * (768 + 768 + 1)
+    assert meta_counts("snf", {"flow_length": flow_length})["trainable"] == affine + flow_length * planar
+
+
+def test_v_petl_count_is_one_planar_flow_plus_the_fgvc_head():
+    # V-PETL's 0.25 M is not the paper's headline count: it counts the head, and only K = 1 rounds to it
+    counts = {k: meta_counts("snf", {"flow_length": k})["trainable"] + mean_head("fgvc") for k in (0, 1, 2)}
+    assert [k for k, n in counts.items() if round(n / 1e6, 2) == published_params("fgvc", "snf") / 1e6] == [1]
+
+
+def test_default_affine_shortcut_is_invertible_and_the_model_starts_frozen():
+    """The paper's "information-preserving" flow: the shortcut can be inverted exactly (a plain learnable
+    scale could reach 0 and lose information; exp(log_sigma) cannot), and at the official init the model
+    is exactly the frozen one."""
+    model = small_vit()
+    reference = copy.deepcopy(model)
+    apply_method(model, build_method("snf"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        flow = model.blocks[0].flows["attn"]
+        assert flow.flow_length == 0
+        flow.mu.normal_()
+        flow.log_sigma.normal_(0, 3.0)  # any real log_sigma gives a positive scale
+        h = torch.randn(4, 48, dtype=torch.double)
+        out = flow.double()(h)
+        torch.testing.assert_close((out - flow.mu) / flow.log_sigma.exp(), h)
 
 
 def test_bad_settings_and_models_are_refused():

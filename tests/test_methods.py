@@ -62,7 +62,7 @@ CASES = {
     "vpt-shallow": Case({"num_tokens": 3}, {"num_tokens": 100}, lambda: 100 * D, published=76_800, identity=False),
     "vpt-deep": Case({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 10 * D, identity=False),
     "gps": Case({"top_k": 2}, {"top_k": 1}, lambda: (1 + 1) * (D + L * (3 * D + D + H + D))),  # K*rows + biases
-    "snf": Case({"flow_length": 2}, {"flow_length": 1}, lambda: L * 2 * (2 * D + 1 * (2 * D + 1)), identity=False),
+    "snf": Case({"flow_length": 2}, {}, lambda: L * 2 * 2 * D, identity=False),  # affine flows: the abstract's 0.036M
     "adaptformer": Case({"bottleneck": 4}, {"bottleneck": 8}, lambda: L * (2 * D * 8 + 8 + D), published=156_768),
     "prefix-tuning": Case({"num_tokens": 3}, {"num_tokens": 10}, lambda: L * 2 * 10 * D, identity=False),
     "sct": Case({"top_n": 6}, {"top_n": 96}, lambda: L * (96 * 96 + 96), published=111_744, identity=False),
@@ -107,7 +107,7 @@ CASES = {
 PUBLISHED_DIFFERS = {
     "vpt-deep": "printed 0.56 M is at VPT's per-task prompt lengths, not the 10 tokens of this case",
     "gps": "V-PETL's 0.22 M is not derivable from the official scripts (K = 1 on all but one task: 0.17 M mean)",
-    "snf": "printed 0.25 M counts the FGVC head (test_method_snf.py: count + mean head rounds to it)",
+    "snf": "printed 0.25 M is one planar flow (K = 1) plus the FGVC head, not the paper's 0.036M (test_method_snf.py)",
     "prefix-tuning": "printed 0.36 M counts the FGVC head (test_method_prefix_tuning.py: count + mean head)",
     "hydra": "printed 0.28 M counts the VTAB head (test_method_hydra.py: count + mean head rounds to it)",
     "u-tuning": "printed 0.36 M counts the FGVC head (test_method_u_tuning.py: count + mean head)",

@@ -19,8 +19,15 @@ Each flow, on the channel dimension d, is an element-wise affine map followed by
 (mu, log_sigma, w, s in R^d; b scalar; planar flows as in Rezende & Mohamed 2015). As in the released
 code, the log-determinant of the flow is computed there but not used in the loss, so none is added.
 
-Init (official): mu = 0, log_sigma = 0 (identity affine); w, s, b ~ U(-0.01, 0.01). The planar terms
-are therefore not exactly zero at init: the model is only approximately unchanged at init.
+Init (official): mu = 0, log_sigma = 0 (identity affine); w, s, b ~ U(-0.01, 0.01). At the default
+K = 0 the model is therefore exactly the frozen one at init; with planar flows (K >= 1) it is only
+approximately so (their terms are small, not zero).
+
+Compared with the released code, Wang-Yaoming/SNF@a6f85b1 (uploaded Sep 2024, after the paper):
+`snf.py` (`forward_flow_block`: flow(x) + attention(ln_1(x)), then flow2(x) + mlp(ln_2(x)); `set_snf`
+puts `flow` and `flow2` on every block) and `flow.py` (`NormalizingFlow` = `AffineTransform` then
+`flow_length` x `PlanarFlow`; `PlanarFlow` weight (1, d), bias (1), scale (1, d)): same placement, same
+flow, same per-flow shapes and init. Only the default flow length differs (see Parameters).
 
 Injection. Each timm ViT `blocks.N` (a `vision_transformer.Block`) is wrapped by `ShortcutFlowBlock`,
 which runs the wrapped block's own frozen sub-modules (norm1, attn, ls1, drop_path1, norm2, mlp, ls2,
@@ -28,13 +35,19 @@ drop_path2) with the two shortcuts replaced by flows. The timm code is not copie
 block types (Swin, parallel or post-norm blocks) are refused with a clear error.
 
 Parameters: per flow 2d + K(2d + 1); two flows per block:  2L(2d + K(2d + 1)).
-ViT-B/16: K = 0 (affine only) 36,864 -- the paper abstract's "0.036M"; K = 1 (our default) 73,752.
-Published (V-PETL): 0.25 M on FGVC and VTAB. Like V-PETL's other FGVC rows (VPT, SSF) the FGVC value
-includes the classifier head: 73,752 + 180,407 (mean FGVC head) = 254,159 -> 0.25 M, so K = 1 is the
-flow length consistent with it; K = 0 would give 0.22 M and the released code's default K = 16
-(627,072) 0.81 M. The VTAB "0.25 M" is not reproduced by any K with the mean VTAB head (38,045):
-it appears to be the FGVC value repeated. The paper's own text (flow length per benchmark, training
-recipe) could not be read here; K = 1 is inferred from the counts, not confirmed.
+Default K = 0 (affine flows only), the paper's setting as far as it can be identified:
+  * the abstract: "with only 0.036M parameters, SNF surpasses previous approaches on both the FGVC
+    and VTAB-1k benchmarks using ViT/B-16" -- 0.036M is exactly 2 flows x 12 blocks x (mu, log_sigma)
+    x 768 = 36,864 (0.0369M, printed cut to three decimals), i.e. K = 0; any planar flow adds 2 L (2d + 1) = 36,888 per unit of K (K = 1:
+    73,752 -> 0.074M), so the headline results cannot have used K >= 1;
+  * the released code (`set_snf(..., flow_length=16)`, snf.py) defaults to K = 16 (627,072 ->
+    0.63M), which contradicts the abstract's count; it is kept available as `flow_length: 16`;
+  * V-PETL's 0.25 M (FGVC and VTAB rows) counts the classifier head like its other FGVC rows:
+    K = 0 plus the mean FGVC head (180,407) gives 0.22M, K = 1 plus it gives 254,159 -> 0.25M. So
+    V-PETL's number corresponds to K = 1 (`flow_length: 1`), not to the paper's headline count; the
+    VTAB "0.25 M" matches no K with the mean VTAB head (38,045) and looks like the FGVC value repeated.
+The paper's full text (its per-benchmark flow length, if it varies) could not be read here; the
+abstract's count is the only statement of the setting that was found.
 Not mergeable (tanh planar flows on the residual stream; even the affine part would rescale the
 stream that every later block reads, which no weight of the plain architecture can absorb).
 """
@@ -64,7 +77,7 @@ class SnfConfig(MethodConfig):
     init_range: planar-flow parameters start U(-init_range, init_range) (official: 0.01).
     """
 
-    flow_length: int = field(default=1, metadata={"help": "planar flows K per shortcut flow (0 = affine only)"})
+    flow_length: int = field(default=0, metadata={"help": "planar flows K per shortcut flow (0 = affine only, the paper's 0.036M)"})
     shortcuts: tuple = field(default=_SHORTCUTS, metadata={"help": "subset of attn, mlp"})
     init_range: float = field(default=0.01, metadata={"help": "planar-flow init U(-r, r)"})
 
@@ -149,7 +162,8 @@ class Snf(PeftMethod):
     paper = "Wang et al., Adapting Shortcut with Normalizing Flow (SNF), CVPR 2023"
     provenance = official_code(
         "Wang-Yaoming/SNF", "a6f85b11957412e997933c244df713540c6297eb", "snf.py", "flow.py",
-        notes="K = 1 planar flow by default (official flow_length 16) to fit V-PETL's 0.25 M")
+        notes="K = 0 (affine flows) by default = the abstract's 0.036M; official default 16; "
+              "V-PETL's 0.25 M = K = 1 + FGVC head")
 
     def inject(self, model):
         _check_vit(model)
