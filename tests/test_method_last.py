@@ -8,7 +8,9 @@ import copy
 import pytest
 import timm
 import torch
+from helpers.models import meta_counts
 from helpers.models import small_vit as _small_vit
+from helpers.published import mean_head, published_params
 
 import vpeft.backbones  # noqa: F401  (registers the demo ViT with timm)
 from vpeft.methods import MethodError, apply_method, build_method, method_layers
@@ -119,3 +121,20 @@ def test_defaults_train_on_the_demo_backbone():
     out.sum().backward()
     assert out.shape == (4, 8)
     assert applied.parameter_counts()["trainable"] == 4 * (4 * 128 * 16 + 3 * 16 + 3 * 128)
+
+
+def test_count_at_vit_b16_from_the_papers_shapes():
+    """One LSA module per block (g = 1, T = 1) at r = 16 on ViT-B/16 (d = 768, 12 blocks): LayerNorm
+    (2 x 768), W_q, W_k, W_v (768 x 16 + 16 each), W_up (16 x 768 + 768)."""
+    per_module = 2 * 768 + 3 * (768 * 16 + 16) + (16 * 768 + 768)
+    assert meta_counts("last")["trainable"] == 12 * per_module
+    # the gap g groups blocks: g = 2 halves the modules, T = 2 doubles them
+    assert meta_counts("last", {"gap": 2, "modules": 2})["trainable"] == 12 * per_module
+
+
+def test_published_count_is_the_default_plus_the_vtab_head():
+    # V-PETL's 0.66 M (from the LAST paper) reproduces only head-inclusive on VTAB; its FGVC 0.66 M is
+    # the same number repeated (with the FGVC head it would be 0.80 M) -- see last.py
+    count = meta_counts("last")["trainable"]
+    assert round((count + mean_head("vtab")) / 1e6, 2) == published_params("vtab1k", "last") / 1e6
+    assert round((count + mean_head("fgvc")) / 1e6, 2) != published_params("fgvc", "last") / 1e6

@@ -116,7 +116,7 @@ PUBLISHED_DIFFERS = {
     "fact-tk": "printed rows average per-task ranks and scales, not one setting (fact.py)",
     "fact-tt": "printed rows average per-task ranks and scales, not one setting (fact.py)",
     "hst": "printed 0.78 M includes a VTAB head and is reproduced only roughly (hst.py)",
-    "last": "printed 0.66 M needs an unverified reading of the paper's r, groups and biases (last.py)",
+    "last": "printed 0.66 M counts the VTAB head (test_method_last.py: count + mean head rounds to it); r unverified",
     "noah": "printed 0.43 M is NOAH's own counting of its searched subnets, not reproduced (noah.py)",
     "bapat": "printed 2.06 M does not identify the adapter scheme; none we could derive gives it (bapat.py)",
 }

@@ -1,29 +1,43 @@
 """LAST: Low-rank Attention Side-Tuning (Tang, Fu, Zhu & Wu, arXiv:2402.04009, 2024).
 
-The frozen ViT is a feature extractor: neither its parameters nor its outputs are trained through.
-A side network of low-rank self-attention (LSA) modules, with no FFN, reads its intermediate tokens.
+No official code was found (searched: the paper's pages, GitHub; V-PETL's `vision_transformer_last.py`
+is a VPT-Shallow copy). Material read: the abstract, and two summaries of the method section that
+quote its notation (sciencestack.ai/paper/2402.04009, themoonlight.io's review). What each design
+decision rests on:
 
-Placement (from the paper's description; no official code was found): the L blocks are split into
-m = L / g groups (gap g; L must be divisible by g). z_0 is the token sequence entering the first
-block (patch embedding + position embedding + CLS), z_i the output of group i. The side network
-keeps a running stream u: u_0 = z_0 and u_i = F_i(u_{i-1} + z_i), where F_i stacks `modules`
-LSA modules f(x) = x + W_up Attn(LN(x) W_q, LN(x) W_k, LN(x) W_v), attention in r = `rank`
-dimensions (`num_heads` heads of r / heads each). Bias correction: the representation handed on is
-u_m - sum_{i<m} z_i = z_m + (sum of the LSA residuals), i.e. the frozen final features plus what the
-side network learned; it is computed in that second form, so at init it is exactly z_m. A forward
-pre-hook on the backbone's final `norm` substitutes it for the norm's input, so the frozen final
-LayerNorm, timm's pooling (CLS or average) and the head see the usual token layout.
+* Side network only, the backbone frozen in its parameters *and outputs* -- abstract: "freezing not
+  only parameters but also outputs of the pretrained network", "viewing the pretrained model as a
+  frozen feature extractor". Here: the taps are `detach()`ed, the blocks build no autograd graph.
+* Only low-rank self-attention (LSA) modules, no FFN -- abstract: "a side-network composed of only
+  low-rank self-attention modules"; method summary: LSA "projects tokens to a very low dimension r
+  (r << d), performs self-attention in this reduced space, and projects back, eliminating reliance
+  on large FFNs". Here: f(x) = x + W_up Attn(LN(x) W_q, LN(x) W_k, LN(x) W_v), q/k/v of width r.
+  The pre-LN and the residual are our reading (the usual pre-norm block minus its FFN).
+* Groups with gap g -- method section (as summarised): the N blocks are split into m = N / g groups
+  (N divisible by g); z_0 is the token sequence after patch embedding, z_i the output of group i;
+  the i-th side block receives u_{i-1} and z_i, and F_i = f_i^T o ... o f_i^1 stacks T LSA modules.
+  Here: u_0 = z_0, u_i = F_i(u_{i-1} + z_i) (`gap` = g, `modules` = T); z_0 is taken as the first
+  block's input (patch embedding + position embedding + CLS), the sum as the way u_{i-1} and z_i meet
+  (our reading).
+* Bias correction -- method section: the representation handed on is u_m - sum_{i=0}^{m-1} z_i. Here
+  computed as z_m + (sum of the LSA residuals), equal by construction, exactly z_m at init. A forward
+  pre-hook on the backbone's final `norm` substitutes it for the norm's input, so the frozen final
+  LayerNorm, timm's pooling and the head see the usual token layout (our reading of where the side
+  output joins).
 
-Init (ours; the paper's is not stated in the material read): W_q, W_k, W_v PyTorch-default
-(Kaiming-uniform, as LoRA's A), W_up and its bias zero, LN 1/0, so the model is unchanged at init and
-after the first step every tensor trains.
+Init (ours; none was found): W_q, W_k, W_v PyTorch-default (Kaiming-uniform), W_up and its bias zero,
+LN 1/0: the model is unchanged at init and every tensor trains from the second step.
 
 Parameters (head excluded): per LSA module 2d (LN) + 3(d r + r) + (r d + d) = 4 d r + 3 r + 3 d;
-total (L / g) * modules * (4 d r + 3 r + 3 d). ViT-B/16 at the defaults (r = 16, g = 1, one module
-per group): 12 * 51,504 = 618,048. The published 0.66 M (VTAB) is reproduced only if the paper
-counts the classifier head too: 618,048 + 769 x 49.5 (VTAB's mean class count) = 656,093 -> 0.66 M.
-That reading is unverified (r, g, heads and bias terms are our reconstruction), so `published` is
-not asserted. Not mergeable: the side network is extra computation at inference.
+total (L / g) * T * (4 d r + 3 r + 3 d). ViT-B/16 at the defaults (r = 16, g = 1, T = 1):
+12 * 51,504 = 618,048. Published (V-PETL, from the LAST paper): 0.66 M on VTAB and on FGVC.
+Reproduced on VTAB only if the count includes the classifier head: 618,048 + 769 x 49.47 (mean VTAB
+head, 38,045) = 656,093 -> 0.66 M (test_method_last.py). The FGVC 0.66 M fits no head-inclusive
+reading (the mean FGVC head alone is 0.18 M: 0.80 M) and is the VTAB value repeated. The reading is
+not unique: a shared d -> r down-projection with r x r q/k/v at r = 32 gives 655,872 without a head,
+also 0.66 M; the per-q/k/v reading at r = 16 is kept because the summaries name W_q, W_k, W_v on the
+tokens. r, g, T, heads and biases are therefore unverified. Not mergeable: the side network is extra
+computation at inference.
 """
 
 from __future__ import annotations
@@ -155,8 +169,9 @@ class Last(PeftMethod):
     needs_backbone_grad = False
     paper = "Tang et al., Low-rank Attention Side-Tuning for Parameter-Efficient Fine-Tuning, arXiv:2402.04009, 2024"
     provenance = from_paper(
-        "LAST method description: LSA side modules (no FFN) over groups of frozen blocks",
-        notes="no official code found; V-PETL's LAST file is a VPT copy; 0.66 M not asserted")
+        "abstract: side network of only low-rank self-attention modules, backbone outputs frozen",
+        "method: m = N / g groups, F_i = T stacked LSA modules, bias correction u_m - sum z_i",
+        notes="no official code found; 0.66 M = r = 16 count + mean VTAB head (head-inclusive reading)")
 
     def inject(self, model):
         if hasattr(model, "last_side"):
