@@ -29,13 +29,26 @@ same budget as V-PETL's Prefix Tuning row (p = 10, also 0.36 M), which is what a
 U-tuner at equal budget gives. Our head-excluded count is therefore not compared with 0.36 M directly.
 Not mergeable (softmax over learned keys).
 
-Verification: the paper's abstract and framework (frozen operation + unified tuner; prompt, prefix and
-adapter as instances; CIFAR-100 and FGVC experiments) were read. Its full text, the exact FGVC
-instantiation (which operators carry a U-tuner, their lengths, init and lam handling) and any code
-could not be read here (no public code was found; V-PETL has none either). The choice above is
-the best-supported reading: the paper's central derivation is the parallel-prefix U-tuner, and the
-published 0.36 M equals that tuner at p = 10 plus the FGVC head. Splitting the same budget between MHA
-and FFN (`num_tokens` = `ffn_tokens` = 5) keeps the count at 184,320.
+What each decision rests on (material read: the abstract of arXiv 2303.00690 v1
+(ar5iv), a method summary (arxivlens); the method section's equations could not be read):
+* frozen operator + parallel tuner -- abstract: U-Tuning "is composed of an operation with frozen
+  parameters and a unified tuner that adapts the operation"; the operator may be MHA, FFN or a block
+  (abstract: existing methods "take effect on only some parts ... only the feed-forward layers or the
+  self-attention layers"). Here: MHA by default, FFN optional.
+* the tuner is the prefix branch, unbound from the attention -- abstract: the framework "can
+  simultaneously encompass existing methods" (prompt, prefix, adapter); the decomposition of prefix
+  tuning above is the standard one (He et al., ICLR 2022, section 3.1) that the unbinding rests on. The
+  constant `scale` in place of lam is our reading.
+* queried by the frozen W_q, output through the frozen W_o without its bias -- our reading: it is what
+  the prefix term of the decomposition computes inside the frozen attention.
+* p = 10 at ViT-B/16 -- the only reading found that reproduces V-PETL's 0.36 M (below); also the
+  length of V-PETL's Prefix Tuning row at the same printed count.
+Alternatives checked against 0.36 M: a parallel bottleneck-10 adapter beside MHA and FFN (the
+Res-Tuning follow-up's `res_adapter`, modelscope/ms-swift `swift/tuners/restuning_components.py`)
+gives 387,312 without a head (0.39 M) and 374,063 for one per block with the FGVC head (0.37 M): no.
+No official U-Tuning code was found (the authors' later Res-Tuning code is a different paper and was
+not compared). Splitting the same budget between MHA and FFN (`num_tokens` = `ffn_tokens` = 5) keeps
+the count at 184,320.
 """
 
 from __future__ import annotations
@@ -167,9 +180,9 @@ class UTuning(PeftMethod):
     paper = ("Jiang et al., Rethinking Efficient Tuning Methods from a Unified Perspective (U-Tuning), "
              "arXiv 2303.00690, 2023")
     provenance = from_paper(
-        "U-Tuning framework: frozen operation + parallel U-tuner derived from prefix tuning",
+        "abstract: an operation with frozen parameters + a unified tuner encompassing prompt/prefix/adapter",
         "V-PETL FGVC table 0.36 M = p = 10 parallel prefix + FGVC head",
-        notes="full text and any code not read; instantiation is our reading")
+        notes="method equations and any code not read; instantiation is our reading")
 
     def inject(self, model):
         c = self.config
