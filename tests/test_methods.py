@@ -99,9 +99,9 @@ CASES = {
     "mona": Case({"bottleneck": 8}, {},  # 2 modules per block: 133 d + 9,728 each at m = 64 (see mona.py)
                  lambda m=64: L * 2 * (5 * D + 2 * D * m + m * (9 + 25 + 49) + 3 * m + m * m + 2 * m), identity=False),
     "lorand": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # alpha (2 beta (d + m) + beta^2) + m + d, 2 per block
-                   lambda a=2, b=8, m=64: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D)),
+                   lambda a=2, b=8, m=D // 2: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D)),
     "e3va": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # LoRand-style adapters x 2 per block + final norm
-                 lambda a=2, b=8, m=64: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D) + 2 * D),
+                 lambda a=2, b=8, m=D // 2: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D) + 2 * D),
 }
 # Why a published count (V-PETL's tables, published/*.csv) is not the `formula` at the case's settings.
 PUBLISHED_DIFFERS = {

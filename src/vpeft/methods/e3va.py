@@ -2,27 +2,41 @@
 Efficient Adapter Tuning for Dense Predictions", ACM MM 2024, arXiv 2306.09729): adapters on a
 gradient-backpropagation highway beside the frozen backbone.
 
-Our reading of the paper (its code is not public): every block sends the output of its attention
-branch and of its MLP branch to two *parallel* adapters with LoRand's dual low-rank structure
-(`lorand.LowRankSynthesisAdapter`); their outputs are summed into a highway stream h that runs beside
-the frozen blocks and never enters them, so the backward pass never runs through the backbone. At a
-stage boundary the highway is downsampled by the backbone's own (frozen) patch-merging layer,
-applied to the adapted stream: h <- Merge(x + h) - Merge(x). At every output the highway is added to
-the backbone features in front of a trainable norm ("integrated into the FPN with trainable norms"):
-the per-stage output norms of the dense backbone (`vpeft.dense`), the final `norm` of a timm
-classifier. ViT variant: one stage, the highway is added in front of the final norm.
+No official code was found (papers-with-code lists none; the author's later repository
+DongshuoYin/CoLin has LoRand but no E3VA). Material read: the abstract and the caption of the
+paper's Figure 2 (arXiv 2306.09729 v2, and a review quoting it). What each decision rests on:
 
-Hooks: block pre-hooks (stage bookkeeping), forward hooks on `drop_path1` / `drop_path2` (their input
-is the branch output), on the stage's `downsample`, and pre-hooks on the output norms. The adapters
-read the branch outputs detached; no hook changes a block's output, so the blocks build no autograd
-graph (side-tuning).
+* Highway beside the blocks, no backprop through the backbone -- abstract: "We provide a gradient
+  backpropagation highway for low-rank adapters which eliminates the need for expensive
+  backpropagation through the frozen pre-trained model"; Fig. 2: "a highway parallel to SwinBlock for
+  the trainable E3VA adapters". Here: the adapters' outputs are summed into a stream h that never
+  enters a block; no hook changes a block's output, so the blocks build no autograd graph.
+* Fed by the attention and the MLP, adapters in parallel -- Fig. 2: "Intermediate activations from
+  W/SA-MSA and MLP are sent to E3VA"; the parallel (not stacked) adapter design of the method
+  section (as reviewed). Here: every block sends the output of its attention branch and of its MLP
+  branch (the input of `drop_path1` / `drop_path2`, detached) to two adapters whose outputs are added
+  to h.
+* Downsampling inherited from the backbone -- Fig. 2: "Downsampling layers are added in the E3VA
+  highway and are inherited from the backbone model". Here: the stage's own frozen patch merging on
+  the adapted stream, h <- Merge(x + h) - Merge(x).
+* Joined at the outputs with trainable norms -- Fig. 2: "The highway is integrated to the FPN with
+  trainable norm". Here: h is added to the backbone features in front of the per-stage output norms
+  of the dense backbone (`vpeft.dense`), which train (`train_output_norms`); the final `norm` of a
+  timm classifier (a ViT is one stage).
+* Adapter = LoRand's dual low-rank structure -- abstract: "low-rank adapters"; the method's "dual
+  low-rank structure" (as reviewed) read as LoRand's (`lorand.LowRankSynthesisAdapter`, same first
+  author), with LoRand's m = d / 2, alpha = 2, beta = 8: the one LoRand-form setting with m tied to d
+  that reproduces both published counts (below).
 
 Init: as LoRand (up factor zero), so h = 0 and the model equals the frozen one at init.
-Parameters: 2 * [alpha (2 beta (d + m) + beta^2) + m + d] per block + the output norms; at alpha = 2,
-beta = 8, m = 64: 905,472 on the dense Swin-B (4 output norms), 1,304,448 on Swin-L, 663,552 on
-ViT-B/16. The published 1.20 M (Swin-B) / 1.79 M (Swin-L) have the Swin-L/Swin-B ratio of sum(d)
-(1.49), so they are per-block adapters too, about 98 parameters per channel and block (ours: 66 + 2
-for the norms): the paper's adapter sizes could not be re-read to close the gap. Not mergeable.
+Parameters: 2 * [alpha (2 beta (d + m) + beta^2) + m + d] per block, m = d / 2, plus the output norms.
+Swin-B (sum of d over the 24 blocks 12,032): 1,197,312 -> 1.20 M (published, COCO: reproduced);
+Swin-L (sum 18,048): 1,792,896 -> 1.79 M (published, VOC: reproduced). The published counts leave
+out the trained output norms (with them: 1.20 M / 1.80 M), read as counted with the FPN they feed.
+ViT-B/16: 915,456 + the final norm 1,536 = 916,992. Not mergeable.
+
+Hooks: block pre-hooks (stage bookkeeping), forward hooks on `drop_path1` / `drop_path2` (their input
+is the branch output), on the stage's `downsample`, and pre-hooks on the output norms.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules
-from .lorand import LowRankSynthesisAdapter
+from .lorand import LowRankSynthesisAdapter, adapter_width, validate_width
 from .mona import block_width
 from .base import from_paper
 from .registry import register_method
@@ -44,7 +58,8 @@ from .registry import register_method
 @dataclass
 class E3vaConfig(MethodConfig):
     """Args:
-    bottleneck: width m of each adapter.
+    bottleneck: width m of each adapter; 0 = d // bottleneck_factor (per block width d).
+    bottleneck_factor: m = d // bottleneck_factor when `bottleneck` is 0.
     branches: low-rank branches alpha of each projection (LoRand structure).
     kernel_rank: kernel size beta of each branch.
     train_output_norms: train the norms that take the highway (the paper's "trainable norm").
@@ -52,7 +67,8 @@ class E3vaConfig(MethodConfig):
     output_modules: regex over module names of the norms in front of which the highway is added.
     """
 
-    bottleneck: int = field(default=64, metadata={"help": "adapter width m"})
+    bottleneck: int = field(default=0, metadata={"help": "adapter width m (0: d // bottleneck_factor)"})
+    bottleneck_factor: int = field(default=2, metadata={"help": "m = d // factor when bottleneck is 0"})
     branches: int = field(default=2, metadata={"help": "low-rank branches alpha"})
     kernel_rank: int = field(default=8, metadata={"help": "kernel size beta"})
     train_output_norms: bool = field(default=True, metadata={"help": "train the output norms"})
@@ -60,9 +76,10 @@ class E3vaConfig(MethodConfig):
     output_modules: str = field(default=r"^norm\d*$", metadata={"help": "module-name regex of output norms"})
 
     def validate(self):
-        for key in ("bottleneck", "branches", "kernel_rank"):
-            if getattr(self, key) < 1:
-                raise MethodError(f"e3va.{key} must be >= 1, got {getattr(self, key)}")
+        validate_width(self, "e3va")
+
+    def width(self, dim: int) -> int:
+        return adapter_width(self, dim)
 
 
 def _stage_of(block_name: str) -> str:
@@ -83,7 +100,7 @@ class Highway(MethodLayer):
             block = model.get_submodule(name)
             dim = block_width(block, name, "e3va")
             for _ in range(2):  # one adapter for the attention branch, one for the MLP branch
-                self.adapters.append(LowRankSynthesisAdapter(dim, c.bottleneck, c.branches, c.kernel_rank))
+                self.adapters.append(LowRankSynthesisAdapter(dim, c.width(dim), c.branches, c.kernel_rank))
             stage = _stage_of(name)
             first = stage not in stages
             if first:
@@ -168,9 +185,10 @@ class E3va(PeftMethod):
     paper = ("Yin et al., Parameter-efficient is not sufficient: Parameter, Memory, and Time Efficient Adapter "
              "Tuning for Dense Predictions (E3VA), ACM MM 2024")
     provenance = from_paper(
-        "E3VA method: parallel adapters on a gradient highway beside the frozen backbone",
-        "LoRand-style adapters; highway joined at the FPN with trainable norms",
-        notes="code not public; published 1.20 M / 1.79 M not reproduced")
+        "abstract: gradient backpropagation highway for low-rank adapters",
+        "Fig. 2: activations of W/SA-MSA and MLP sent to parallel adapters, inherited downsampling, "
+        "highway joined at the FPN with trainable norms",
+        notes="code not public; 1.20 M / 1.79 M reproduced with LoRand adapters, m = d/2 (norms not counted)")
 
     def _outputs(self, model: nn.Module) -> list[str]:
         outputs = [n for n in match_modules(model, self.config.output_modules)

@@ -38,8 +38,8 @@ Parameters: per flow 2d + K(2d + 1); two flows per block:  2L(2d + K(2d + 1)).
 Default K = 0 (affine flows only), the paper's setting as far as it can be identified:
   * the abstract: "with only 0.036M parameters, SNF surpasses previous approaches on both the FGVC
     and VTAB-1k benchmarks using ViT/B-16" -- 0.036M is exactly 2 flows x 12 blocks x (mu, log_sigma)
-    x 768 = 36,864 (0.0369M, printed cut to three decimals), i.e. K = 0; any planar flow adds 2 L (2d + 1) = 36,888 per unit of K (K = 1:
-    73,752 -> 0.074M), so the headline results cannot have used K >= 1;
+    x 768 = 36,864 (0.0369M, printed cut to three decimals), i.e. K = 0; every planar flow adds
+    2 L (2d + 1) = 36,888 (K = 1: 73,752 -> 0.074M), so the headline results cannot have used K >= 1;
   * the released code (`set_snf(..., flow_length=16)`, snf.py) defaults to K = 16 (627,072 ->
     0.63M), which contradicts the abstract's count; it is kept available as `flow_length: 16`;
   * V-PETL's 0.25 M (FGVC and VTAB rows) counts the classifier head like its other FGVC rows:
@@ -77,7 +77,7 @@ class SnfConfig(MethodConfig):
     init_range: planar-flow parameters start U(-init_range, init_range) (official: 0.01).
     """
 
-    flow_length: int = field(default=0, metadata={"help": "planar flows K per shortcut flow (0 = affine only, the paper's 0.036M)"})
+    flow_length: int = field(default=0, metadata={"help": "planar flows K per shortcut flow (0: affine only)"})
     shortcuts: tuple = field(default=_SHORTCUTS, metadata={"help": "subset of attn, mlp"})
     init_range: float = field(default=0.01, metadata={"help": "planar-flow init U(-r, r)"})
 

@@ -41,7 +41,7 @@ What each decision rests on (material read: the abstract of arXiv 2303.00690 v1
   constant `scale` in place of lam is our reading.
 * queried by the frozen W_q, output through the frozen W_o without its bias -- our reading: it is what
   the prefix term of the decomposition computes inside the frozen attention.
-* p = 10 at ViT-B/16 -- the only reading found that reproduces V-PETL's 0.36 M (below); also the
+* p = 10 at ViT-B/16 -- the only reading found that reproduces V-PETL's 0.36 M (Parameters, above); also the
   length of V-PETL's Prefix Tuning row at the same printed count.
 Alternatives checked against 0.36 M: a parallel bottleneck-10 adapter beside MHA and FFN (the
 Res-Tuning follow-up's `res_adapter`, modelscope/ms-swift `swift/tuners/restuning_components.py`)
