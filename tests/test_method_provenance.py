@@ -37,7 +37,7 @@ def test_every_method_declares_a_complete_provenance(name):
 def test_the_table_has_every_kind_and_hst_is_not_silently_official():
     kinds = {get_method_class(n).provenance.kind for n in METHODS}
     assert kinds == set(PROVENANCE_KINDS)
-    for name in ("last", "u-tuning", "e3va", "bapat"):  # no official code exists for these
+    for name in ("last", "u-tuning", "e3va"):  # no official code was found for these
         assert get_method_class(name).provenance.kind == "paper", name
 
 

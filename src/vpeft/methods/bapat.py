@@ -1,33 +1,39 @@
 """BAPAT (Yu et al., "Towards a Unified View on Visual Parameter-Efficient Transfer Learning", arXiv
-2210.00788, 2022): the scheme derived from their V-PETL framework, read here as **B**itFit +
-**A**daptFormer-style adapter + **PAT**T (parallel attention).
+2210.00788, 2022): the Swin-BAPAT scheme derived from their V-PETL framework -- an AdaptFormer
+adapter beside every MLP plus PATT (parallel attention) on every attention.
 
     qkv(x) -> qkv(x) + s_p * [0 | W_up tanh(W_down x + b_d) + b_u]        (PATT on k and v)
-    x      -> x + MLP(LN2(x)) + s_a * W_u ReLU(W_d x + b) + s_a * b'       (parallel adapter)
-    every backbone tensor whose name contains "bias" trains                  (BitFit)
+    x      -> x + MLP(LN2(x)) + s_a * (W_u ReLU(W_d LN2(x) + b) + b')       (parallel adapter)
 
-PATT is the paper's prefix-tuning variant: instead of prepending learned key/value tokens, a
-d -> m -> 2d tanh bottleneck of the attention *input* x is added, scaled by s_p = 0.2, to two of q, k, v
-(default k and v, the slots prefix-tuning acts on). Placement and init follow the only released code,
-V-PETL's Video-Swin model (`att_prefix_mode = patt_kv`, `att_mid_dim = 64`, `att_prefix_scale = 0.2`;
-both Linears with PyTorch's default init and biases as the backbone's `qkv_bias`), so the model is NOT
-unchanged at init. Here PATT wraps the fused `attn.qkv` Linear (`PattQKV`): adding the bottleneck's
-2d outputs to the k and v thirds of the qkv output is the same per-head addition as V-PETL's.
-The adapter is AdaptFormer (bottleneck 64, scale 0.1, LoRA-style init, parallel to the MLP, fed the
-post-attention residual stream), reused from `adaptformer.py`; dropout 0 as in V-PETL's video trainer.
+Compared with the authors' released code, bruceyo/V-PETL@661198dd3810d23b36808368930aba69e635c34c
+(Video Swin only): `models/video_swin_transformer_patt.py` (`WindowAttention3D.qkv_adapter`, `Mlp`,
+`Adapter`), `main.py` (tuning config; trainable = parameters missing from the checkpoint, i.e. the
+new modules, plus the head with `--tbl_fc True`) and the README's training command, the only scheme
+it gives: `--ffn_adapt --att_prefix --att_mid_dim 128 --att_prefix_mode patt_kv --att_prefix_scale 0.8`.
+What each decision rests on:
+* Composition = AdaptFormer + PATT, no BitFit -- the README command (`--ffn_adapt` + `--att_prefix`)
+  and `main.py` (only missing keys train: no backbone bias). Abstract: "Swin-BAPAT derived from the
+  proposed V-PETL framework" with PATT "a new variation of the prefix-tuning module". `bitfit: true`
+  (the project's earlier guess from the name) stays available, off by default.
+* PATT -- `qkv_adapter` = Linear(d, m, bias=qkv_bias), Tanh, Linear(m, 2d, bias=qkv_bias) on the
+  attention input x, its two halves added, times `att_prefix_scale`, to k and v (`patt_kv`); here
+  `PattQKV` wraps the fused `attn.qkv` and adds them to its k and v thirds, the same per-head sum.
+  m = 128 and s_p = 0.8 from the README command; biases as the backbone's qkv_bias (True); PyTorch's
+  default Linear init (the model is NOT unchanged at init, as in the released code).
+* Adapter -- `Mlp` with `ffn_option="parallel"`: `Adapter` (r = `ffn_num` = 64, ReLU, scale 0.1, LoRA
+  init, dropout = `--drop` = 0) reads the MLP's input LN2(x) and is added to the MLP output: here
+  AdaptFormer with `branch_input: normed`, reused from `adaptformer.py`. Known difference: the
+  released block adds the branch inside DropPath (it is part of `Mlp`'s output), ours after it
+  (AdaptFormer's official ViT placement); they differ only under stochastic depth.
 
-Composition: **unverified**. The paper text could not be re-read here; the name and the catalog suggest
-BitFit + Adapter + PATT, and each part can be switched off (`bitfit`, `adapter_bottleneck: 0`,
-`patt_dim: 0`). Parameter formula per block of width d (biases on): PATT 3*d*m + m + 2*d
-(k, v targets), adapter 2*d*r + r + d, plus BitFit's bias count of the backbone.
-Counts at the defaults (m = r = 64):
-  timm ViT-B/16: 102,912 + 1,189,632 + 1,788,672 = 3,081,216;
-  Video Swin-B (sum d over blocks 12,032, 24 blocks): 1,090,376 (BitFit incl. relative-position
-  tables) + 1,553,664 + 2,335,744 = 4,979,784.
-Published (V-PETL README, from Yu et al.): 2.06 M (ViT-B) and 6.18 M (Swin-B): NOT reproduced. Several
-compositions reach 6.18 M on Swin-B (e.g. adapter r = 64 + PATT m = 128 with no up-projection bias:
-6,177,024; adapter r = 256 alone: 6,178,560) and none of the natural ones reaches 2.06 M on ViT-B, so
-the published counts do not identify the scheme. Not mergeable (tanh and ReLU branches).
+Parameters per block of width d: PATT (d m + m) + (2 d m + 2 d) = 3 d m + m + 2 d; adapter
+2 d r + r + d. Swin-B (sum of d over 24 blocks 12,032) at m = 128, r = 64: 4,647,424 + 1,553,664 =
+6,201,088 -> 6.20 M. Published (V-PETL README, from Yu et al.): 6.18 M (Video Swin-B) -- 24,064 =
+2 x sum(d) less, exactly PATT's up-projection biases, which the released code has (qkv_bias=True):
+not reproduced by the released code; 6,177,024 (6.18 M) only if the up-projection alone had no bias,
+a layout neither the released code nor `patt_bias` (both biases or none: 6,173,952) builds. ViT-B: 4,748,544 at the same setting vs the published 2.06 M (VideoMAE
+ViT-B): the repository has no ViT model and the ViT-B setting is not reported in the material read.
+Not mergeable (tanh and ReLU branches).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from .base import (
     method_layers,
     wrap_modules,
 )
-from .base import from_paper
+from .base import official_code
 from .registry import register_method
 
 _QKV = ("q", "k", "v")
@@ -56,10 +62,12 @@ _QKV = ("q", "k", "v")
 @dataclass
 class BapatConfig(MethodConfig):
     """Args:
-    bitfit: also train every backbone bias (names containing "bias", Swin's relative-position tables too).
+    bitfit: also train every backbone bias (names containing "bias", Swin's relative-position tables too);
+        not part of the released scheme (off).
     adapter_bottleneck: AdaptFormer bottleneck r (0 = no adapter).
     adapter_scale: AdaptFormer branch scale s_a.
     adapter_dropout: dropout on the adapter bottleneck (V-PETL video: 0).
+    adapter_input: `normed` (LN2 output, the MLP input: the released code) or `residual`.
     patt_dim: PATT bottleneck m (0 = no PATT).
     patt_scale: PATT scale s_p.
     patt_targets: which two (or three) of q, k, v PATT adds to.
@@ -68,12 +76,13 @@ class BapatConfig(MethodConfig):
     qkv_modules: regex over module names selecting the fused qkv Linears PATT wraps.
     """
 
-    bitfit: bool = field(default=True, metadata={"help": "train the backbone's biases too"})
+    bitfit: bool = field(default=False, metadata={"help": "train the backbone's biases too"})
     adapter_bottleneck: int = field(default=64, metadata={"help": "AdaptFormer bottleneck r (0: off)"})
     adapter_scale: float = field(default=0.1, metadata={"help": "AdaptFormer scale s_a"})
     adapter_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter bottleneck"})
-    patt_dim: int = field(default=64, metadata={"help": "PATT bottleneck m (0: off)"})
-    patt_scale: float = field(default=0.2, metadata={"help": "PATT scale s_p"})
+    adapter_input: str = field(default="normed", metadata={"help": "adapter branch input: normed or residual"})
+    patt_dim: int = field(default=128, metadata={"help": "PATT bottleneck m (0: off)"})
+    patt_scale: float = field(default=0.8, metadata={"help": "PATT scale s_p"})
     patt_targets: tuple = field(default=("k", "v"), metadata={"help": "subset of q, k, v PATT adds to"})
     patt_bias: bool = field(default=True, metadata={"help": "biases in PATT's Linears"})
     mlp_modules: str = field(default=r"(^|\.)blocks\.\d+\.mlp$", metadata={"help": "module-name regex (adapter)"})
@@ -87,6 +96,8 @@ class BapatConfig(MethodConfig):
         bad = [t for t in self.patt_targets if t not in _QKV]
         if bad or not self.patt_targets or len(set(self.patt_targets)) != len(self.patt_targets):
             raise MethodError(f"bapat.patt_targets must be distinct members of {_QKV}, got {self.patt_targets}")
+        if self.adapter_input not in ("normed", "residual"):
+            raise MethodError(f"bapat.adapter_input must be normed or residual, got {self.adapter_input!r}")
         if not 0.0 <= self.adapter_dropout < 1.0:
             raise MethodError(f"bapat.adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
 
@@ -125,17 +136,19 @@ class Bapat(PeftMethod):
     mergeable = False
     paper = ("Yu et al., Towards a Unified View on Visual Parameter-Efficient Transfer Learning (Swin-BAPAT), "
              "arXiv 2210.00788, 2022")
-    provenance = from_paper(
-        "name and V-PETL framework of Yu et al. (arXiv 2210.00788); composition unverified",
-        "V-PETL Video-Swin PATT settings (patt_kv, mid dim 64, scale 0.2)",
-        notes="published 2.06 M / 6.18 M not reproduced (see module docstring)")
+    provenance = official_code(
+        "bruceyo/V-PETL", "661198dd3810d23b36808368930aba69e635c34c",
+        "models/video_swin_transformer_patt.py", "main.py", "README.md",
+        notes="AdaptFormer r 64 + PATT(k, v) m 128, s 0.8 as the README command; adapter added after "
+              "DropPath (released: inside); 6.18 M = 6.20 M less PATT up-biases; ViT-B 2.06 M not reproduced")
 
     def inject(self, model):
         c = self.config
         matched = []
         if c.adapter_bottleneck:
             adapter = AdaptFormer(AdaptFormerConfig(bottleneck=c.adapter_bottleneck, scale=c.adapter_scale,
-                                                    dropout=c.adapter_dropout, target_modules=c.mlp_modules))
+                                                    dropout=c.adapter_dropout, branch_input=c.adapter_input,
+                                                    target_modules=c.mlp_modules))
             matched += adapter.inject(model)
         if c.patt_dim:
             matched += wrap_modules(model, c.qkv_modules,
