@@ -3,7 +3,9 @@
 A method is a `PeftMethod` subclass with a typed `MethodConfig`. `apply_method` injects it into an
 *unmodified* timm model by module names, freezes everything the method does not own, and keeps the
 classifier head trainable. Layers a method adds derive from `MethodLayer`; wrappers keep the frozen
-original as `base_layer` and never edit it except inside an explicit `merge()`.
+original as `base_layer` and never edit it except inside an explicit `merge()`. A layer holds modules it
+only reads as `ModuleRef`s and hooks other modules through `MethodLayer.add_forward_hook` /
+`add_forward_pre_hook`, so a deep copy of an applied model computes and trains with its own tensors.
 """
 
 from __future__ import annotations
