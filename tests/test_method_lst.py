@@ -155,7 +155,7 @@ def test_hooks_are_kept_and_removing_them_restores_the_backbone():
     model = vit()
     reference = copy.deepcopy(model)
     apply_method(model, build_method("lst", {"reduction_factor": 4}))
-    assert len(model.lst_side.hooks) == DEPTH + 2
+    assert len(model.lst_side.hook_handles) == DEPTH + 2
     model.lst_side.remove_hooks()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     x, _ = batch()

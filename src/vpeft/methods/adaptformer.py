@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .adapter import output_dim
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
+from .base import MethodConfig, MethodError, MethodLayer, ModuleRef, PeftMethod, match_modules, replace_module
 from .base import official_code
 from .registry import register_method
 
@@ -127,19 +127,19 @@ class AdaptFormerMlp(MethodLayer):
 
 class _Tap(MethodLayer):
     """Parameter-free pass-through wrapper that shares a block-local tensor with the block's
-    `AdaptFormerMlp` (a plain reference, not a submodule: the sink is registered once, as `mlp`)."""
+    `AdaptFormerMlp` (a `ModuleRef`, not a submodule: the sink is registered once, as `mlp`)."""
 
     def __init__(self, base_layer: nn.Module, sink: AdaptFormerMlp):
         super().__init__()
         self.base_layer = base_layer
-        self.__dict__["_sink"] = sink
+        self._sink = ModuleRef(sink)
 
 
 class _Norm2Tap(_Tap):
     """Wraps `norm2`: hands its input (the post-attention residual stream) to the MLP wrapper."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._sink._residual = x
+        self._sink.module._residual = x
         return self.base_layer(x)
 
 
@@ -147,7 +147,7 @@ class _AddBranch(_Tap):
     """Wraps `drop_path2`: DropPath(y) + branch, so stochastic depth never drops the branch."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        branch = self._sink.take_branch()
+        branch = self._sink.module.take_branch()
         return self.base_layer(y) + branch
 
 

@@ -3,18 +3,22 @@
 A method is a `PeftMethod` subclass with a typed `MethodConfig`. `apply_method` injects it into an
 *unmodified* timm model by module names, freezes everything the method does not own, and keeps the
 classifier head trainable. Layers a method adds derive from `MethodLayer`; wrappers keep the frozen
-original as `base_layer` and never edit it except inside an explicit `merge()`.
+original as `base_layer` and never edit it except inside an explicit `merge()`. A layer holds modules it
+only reads as `ModuleRef`s and hooks other modules through `MethodLayer.add_forward_hook` /
+`add_forward_pre_hook`, so a deep copy of an applied model computes and trains with its own tensors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.utils.hooks
 from torch import nn
 
 CATEGORIES = ("baseline", "partial", "addition", "reparameterization", "side", "unified")
@@ -157,9 +161,76 @@ def variant(why: str, notes: str = "") -> Provenance:
     return Provenance("variant", why=why, notes=notes)
 
 
+class ModuleRef:
+    """A method layer's reference to a module that lives elsewhere in the model (a frozen backbone
+    block, a sibling method layer), read through `ref.module`.
+
+    Assigning a module as an attribute of an `nn.Module` registers it as a child: a frozen block would
+    then count as the layer's own tensors (made trainable, saved and counted twice). `ModuleRef` is the
+    one way to hold such a reference: `self._blocks = [ModuleRef(b) for b in model.blocks]`. The module
+    must be registered somewhere in the model (that registration moves, saves and freezes it;
+    `apply_method` checks it); `copy.deepcopy` of the model points the copy's reference at the copy's
+    module. `MethodLayer` refuses lists, tuples and dicts of modules, which would be silent look-alikes.
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        if not isinstance(module, nn.Module):
+            raise MethodError(f"ModuleRef holds an nn.Module, got {type(module).__name__}")
+        self.module = module
+
+    def __repr__(self) -> str:
+        return f"ModuleRef({type(self.module).__name__})"
+
+
+def _holds_module(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return isinstance(value, (list, tuple, dict)) and any(isinstance(v, nn.Module) for v in items)
+
+
 class MethodLayer(nn.Module):
     """Marker base for every module a method adds. Its own parameters are the method's trainable
-    tensors; a wrapped frozen original, if any, lives in `self.base_layer` and stays frozen."""
+    tensors; a wrapped frozen original, if any, lives in `self.base_layer` and stays frozen.
+
+    Two rules keep a layer correct under `copy.deepcopy` of the model, `state_dict` and counting:
+    * a module the layer only reads (a frozen block, a sibling layer) is held as a `ModuleRef`;
+    * hooks on other modules are registered with `add_forward_hook` / `add_forward_pre_hook`, whose
+      callback is a method of this layer (extra leading arguments allowed): `copy.deepcopy` rebinds a
+      bound method to the copied layer, whereas a closure or lambda would keep acting on the original's
+      tensors. `remove_hooks()` removes them all (also on a copy, where it removes the copy's).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if _holds_module(value):
+            raise MethodError(f"{type(self).__name__}.{name}: hold modules that live elsewhere in the model "
+                              f"as ModuleRef(module) (a plain container hides them from deepcopy rules and "
+                              f"checks), or register owned ones in an nn.ModuleList / nn.ModuleDict")
+        super().__setattr__(name, value)
+
+    def add_forward_pre_hook(self, module: nn.Module, method, *args) -> None:
+        """`module.register_forward_pre_hook(method(*args, module, inputs))`, kept for `remove_hooks`."""
+        self.hook_handles.append(module.register_forward_pre_hook(self._own_hook(method, args)))
+
+    def add_forward_hook(self, module: nn.Module, method, *args) -> None:
+        """`module.register_forward_hook(method(*args, module, inputs, output))`, kept for `remove_hooks`."""
+        self.hook_handles.append(module.register_forward_hook(self._own_hook(method, args)))
+
+    def _own_hook(self, method, args: tuple):
+        if getattr(method, "__self__", None) is not self:
+            raise MethodError(f"{type(self).__name__}: a hook must be a bound method of the layer itself "
+                              f"(got {method!r}); copy.deepcopy rebinds methods to the copy, not closures")
+        return functools.partial(method, *args) if args else method
+
+    def remove_hooks(self) -> None:
+        """Remove every hook this layer registered; the backbone then runs as without the method."""
+        for handle in self.hook_handles:
+            handle.remove()
+        self.hook_handles = []
 
     def method_parameters(self):
         for name, param in self.named_parameters():
@@ -325,6 +396,22 @@ def check_selection_fits(method: str, selection: dict, names: list[str]) -> None
                           f"unknown {unknown[:3]}); recompute it with compute_selection")
 
 
+def check_references(model: nn.Module) -> None:
+    """Every `ModuleRef` a method layer holds (directly or in a list, tuple or dict) points into
+    `model`: a module registered nowhere would be left out of `.to()`, `state_dict` and freezing."""
+    inside = {id(m) for m in model.modules()}
+    for layer_name, layer in model.named_modules():
+        if not isinstance(layer, MethodLayer):
+            continue
+        for name, value in vars(layer).items():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                else (value,)
+            for item in items:
+                if isinstance(item, ModuleRef) and id(item.module) not in inside:
+                    raise MethodError(f"{layer_name}.{name} refers to a {type(item.module).__name__} that is "
+                                      f"not part of the model; register it in the model, or own it")
+
+
 def method_layers(model: nn.Module) -> list[MethodLayer]:
     return [m for m in model.modules() if isinstance(m, MethodLayer)]
 
@@ -431,6 +518,7 @@ def apply_method(model: nn.Module, method: PeftMethod,
     for param in model.parameters():
         param.requires_grad_(False)
     matched = method.inject(model)
+    check_references(model)
     for layer in method_layers(model):  # new layers follow the model's mode (dropout off in eval)
         layer.train(model.training)
     selected = set(method.select_backbone_parameters(model))

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -138,12 +137,10 @@ class CompactSideNetwork(MethodLayer):
         self.fusion = nn.Conv2d(dim, dim, fusion_size, groups=dim, bias=False) if fusion_size > 0 else None
         self.pad = ((fusion_size - 1) // 2, fusion_size // 2) * 2 if fusion_size > 0 else None
         self._state: torch.Tensor | None = None
-        # hooks are partials of bound methods (not closures) so that a deep copy of the model rebinds them
-        self.hooks = []
         for i, block in enumerate(blocks):
-            self.hooks.append(block.register_forward_pre_hook(partial(self._read, i)))
+            self.add_forward_pre_hook(block, self._read, i)
             if i >= start:
-                self.hooks.append(block.register_forward_hook(partial(self._write, i == len(blocks) - 1)))
+                self.add_forward_hook(block, self._write, i == len(blocks) - 1)
 
     def _read(self, index: int, module, args):
         x = args[0]
@@ -176,11 +173,6 @@ class CompactSideNetwork(MethodLayer):
         if side * side == n:
             return side, side
         raise MethodError(f"dtl-plus: cannot lay {n} patch tokens out on a grid")
-
-    def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks = []
 
 
 class _Dtl(PeftMethod):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import nn
@@ -95,7 +94,6 @@ class Highway(MethodLayer):
         c = config
         self.adapters = nn.ModuleList()
         stages: list[str] = []
-        self.hooks = []
         for i, name in enumerate(blocks):
             block = model.get_submodule(name)
             dim = block_width(block, name, "e3va")
@@ -107,24 +105,21 @@ class Highway(MethodLayer):
                 stages.append(stage)
             last = i + 1 == len(blocks) or _stage_of(blocks[i + 1]) != stage
             index = len(stages) - 1
-            # hooks are partials of bound methods (not closures), so a deep copy of the model rebinds them
-            self.hooks += [
-                block.register_forward_pre_hook(partial(self._enter_block, index, first)),
-                block.drop_path1.register_forward_hook(partial(self._add_branch, 2 * i)),
-                block.drop_path2.register_forward_hook(partial(self._add_branch, 2 * i + 1)),
-            ]
+            self.add_forward_pre_hook(block, self._enter_block, index, first)
+            self.add_forward_hook(block.drop_path1, self._add_branch, 2 * i)
+            self.add_forward_hook(block.drop_path2, self._add_branch, 2 * i + 1)
             if last:
-                self.hooks.append(block.register_forward_hook(partial(self._leave_stage, index)))
+                self.add_forward_hook(block, self._leave_stage, index)
         for index, stage in enumerate(stages[1:], start=1):
             name = f"{stage}.downsample" if stage else ""
             downsample = model.get_submodule(name) if name and _has(model, name) else None
             if downsample is not None and not isinstance(downsample, nn.Identity):
-                self.hooks.append(downsample.register_forward_hook(partial(self._downsample, index)))
+                self.add_forward_hook(downsample, self._downsample, index)
         if len(outputs) > len(stages):
             raise MethodError(f"e3va: {len(outputs)} output norms ({outputs}) for {len(stages)} stages")
         for k, name in enumerate(outputs):
             stage_index = len(stages) - len(outputs) + k
-            self.hooks.append(model.get_submodule(name).register_forward_pre_hook(partial(self._output, stage_index)))
+            self.add_forward_pre_hook(model.get_submodule(name), self._output, stage_index)
         self.num_stages = len(stages)
         self._h: torch.Tensor | None = None
         self._carried: dict[int, torch.Tensor] = {}
@@ -160,11 +155,6 @@ class Highway(MethodLayer):
         if h is None:
             return None
         return (args[0] + h.reshape(args[0].shape), *args[1:])
-
-    def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks = []
 
 
 def _has(model: nn.Module, name: str) -> bool:

@@ -57,6 +57,7 @@ from .base import (
     MethodConfig,
     MethodError,
     MethodLayer,
+    ModuleRef,
     PeftMethod,
     replace_module,
     transformer_blocks,
@@ -154,8 +155,8 @@ class FactLinear(MethodLayer):
         if layout not in ("out", "in"):
             raise MethodError(f"unknown FacT slice layout {layout!r}")
         self.base_layer = base_layer
-        # A plain reference, not a submodule: the factors are registered once, on the model.
-        self._factors = (factors,)
+        # A reference, not a submodule: the factors are registered once, on the model.
+        self._factors = ModuleRef(factors)
         self.layout, self.num_slices, self.offset = layout, num_slices, offset
         self.scale = scale
         self.merged = False
@@ -167,7 +168,7 @@ class FactLinear(MethodLayer):
 
     @property
     def factors(self) -> FactFactors:
-        return self._factors[0]
+        return self._factors.module
 
     def slice_cores(self) -> torch.Tensor:
         """(num_slices, r_in, r_out) cores: z = sum over r_in of (U x)[r_in] core[:, r_out]."""

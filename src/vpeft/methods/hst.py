@@ -57,13 +57,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MethodConfig, MethodError, MethodLayer, PeftMethod
+from .base import MethodConfig, MethodError, MethodLayer, ModuleRef, PeftMethod
 from .base import official_code
 from .registry import register_method
 
@@ -253,8 +252,8 @@ class HstSideNetwork(MethodLayer):
         self.dim = dim
         self.out_dim = dims[-1]
         self.stage_of_block = [s for s, group in enumerate(self.groups) for _ in group]
-        # Plain list: the frozen blocks must not become parameters of this layer.
-        self._blocks = list(model.blocks)
+        # References: the frozen blocks must not become parameters of this layer.
+        self._blocks = [ModuleRef(block) for block in model.blocks]
 
         in_chans = model.patch_embed.proj.in_channels
         self.stem = StemEmbed(in_chans, dims[0])
@@ -273,16 +272,15 @@ class HstSideNetwork(MethodLayer):
 
         self.prepend = config.meta_mode == "prepend"
         self._cache: dict = {}
-        # partials of bound methods (not closures): a deep copy of the model rebinds them to its copy
-        self._handles = [model.patch_embed.register_forward_pre_hook(self._keep_image)]
+        self.add_forward_pre_hook(model.patch_embed, self._keep_image)
         for j, block in enumerate(model.blocks):
             if self.prepend:
-                self._handles.append(block.register_forward_pre_hook(partial(self._prepend_meta, j)))
-                self._handles.append(block.register_forward_hook(partial(self._split_meta, j)))
+                self.add_forward_pre_hook(block, self._prepend_meta, j)
+                self.add_forward_hook(block, self._split_meta, j)
             else:
-                self._handles.append(block.attn.qkv.register_forward_hook(partial(self._keep, "qkv", j)))
-                self._handles.append(block.register_forward_hook(partial(self._keep, "out", j)))
-        self._handles.append(model.norm.register_forward_hook(self._deliver))
+                self.add_forward_hook(block.attn.qkv, self._keep, "qkv", j)
+                self.add_forward_hook(block, self._keep, "out", j)
+        self.add_forward_hook(model.norm, self._deliver)
 
     # -- hooks ------------------------------------------------------------------------------
     def _keep_image(self, module, args):
@@ -316,16 +314,11 @@ class HstSideNetwork(MethodLayer):
         feature = F.pad(feature, (0, self.dim - self.out_dim)).to(output.dtype)
         return feature[:, None, :].expand(output.shape[0], output.shape[1], self.dim)
 
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
     # -- computation ------------------------------------------------------------------------
     def meta_readout(self, index: int, batch: int) -> torch.Tensor:
         """Block `index` applied to its meta tokens as extra queries of the frozen stream: they attend
         to themselves and to the block's (detached) keys/values; the stream does not see them."""
-        block = self._blocks[index]
+        block = self._blocks[index].module
         attn = block.attn
         meta = self.meta[index].unsqueeze(0).expand(batch, -1, -1)
         stream_qkv = self._cache[("qkv", index)]

@@ -121,19 +121,17 @@ class LastSideNetwork(MethodLayer):
             nn.ModuleList(LowRankSelfAttention(dim, config.rank, config.num_heads) for _ in range(config.modules))
             for _ in self.taps)
         self._cache: dict = {}
-        self._handles = [model.blocks[0].register_forward_pre_hook(self._keep_input)]
+        self.add_forward_pre_hook(model.blocks[0], self._keep_input)
         for i, index in enumerate(self.taps):
-            self._handles.append(model.blocks[index].register_forward_hook(self._keeper(i + 1)))
-        self._handles.append(model.norm.register_forward_pre_hook(self._deliver))
+            self.add_forward_hook(model.blocks[index], self._keep, i + 1)
+        self.add_forward_pre_hook(model.norm, self._deliver)
 
     def _keep_input(self, module, args):
         self._cache.clear()
         self._cache[0] = args[0].detach()
 
-    def _keeper(self, i: int):
-        def hook(module, args, output):
-            self._cache[i] = output.detach()
-        return hook
+    def _keep(self, i: int, module, args, output):
+        self._cache[i] = output.detach()
 
     def _deliver(self, module, args):
         if len(self._cache) != len(self.taps) + 1:
@@ -153,11 +151,6 @@ class LastSideNetwork(MethodLayer):
                 stream = stream + delta
                 learned = delta if learned is None else learned + delta
         return z[-1] + learned.to(z[-1].dtype)
-
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 @register_method

@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -233,10 +232,10 @@ class LadderSideNetwork(MethodLayer):
                     self.side_norm.bias.copy_(norm.bias[res])
             self.register_buffer("residual_index", res, persistent=False)
         self._state: torch.Tensor | None = None
-        # hooks are partials of bound methods (not closures) so that a deep copy of the model rebinds them
-        self.hooks = [blocks[0].register_forward_pre_hook(self._start)]
-        self.hooks += [blk.register_forward_hook(partial(self._ladder, i)) for i, blk in enumerate(blocks)]
-        self.hooks.append(norm.register_forward_hook(self._finish))
+        self.add_forward_pre_hook(blocks[0], self._start)
+        for i, blk in enumerate(blocks):
+            self.add_forward_hook(blk, self._ladder, i)
+        self.add_forward_hook(norm, self._finish)
 
     def gates(self) -> torch.Tensor:
         return torch.sigmoid(self.gate_alpha / self.temperature)
@@ -260,11 +259,6 @@ class LadderSideNetwork(MethodLayer):
             return side
         mu = torch.sigmoid(self.merge_alpha / self.temperature)
         return mu * side + (1 - mu) * output.detach()
-
-    def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks = []
 
 
 @register_method

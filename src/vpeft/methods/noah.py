@@ -57,7 +57,6 @@ noah.yaml holds all of NOAH's settings.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -69,6 +68,7 @@ from .base import (
     MethodConfig,
     MethodError,
     MethodLayer,
+    ModuleRef,
     PeftMethod,
     classifier_parameter_names,
     replace_module,
@@ -322,9 +322,9 @@ class NoahController(MethodLayer):
         self.embed_dim = model.embed_dim
         self.depth = len(model.blocks)
         self.sizes = sizes  # the tensor width per block and module (0: no tensor)
-        # Plain lists (not registered): the layers are children of the blocks already.
-        self._loras = loras
-        self._adapters = adapters
+        # References (not registered): the layers are children of the blocks already.
+        self._loras = [ModuleRef(layer) if layer is not None else None for layer in loras]
+        self._adapters = [ModuleRef(layer) if layer is not None else None for layer in adapters]
         bound = math.sqrt(6.0 / float((init_width + 1) * self.embed_dim))
         self.prompts = nn.ParameterDict({
             str(i): nn.Parameter(torch.empty(p, self.embed_dim).uniform_(-bound, bound))
@@ -333,15 +333,24 @@ class NoahController(MethodLayer):
         self.generator = torch.Generator().manual_seed(0)
         self.sample_on_forward = config.mode == "supernet"
         self._carried = 0
-        self.handles = []
         if self.prompts:
             for i, block in enumerate(model.blocks):
-                self.handles.append(block.register_forward_pre_hook(functools.partial(self._enter_block, i)))
-            self.handles.append(model.blocks[-1].register_forward_hook(self._leave_last_block))
+                self.add_forward_pre_hook(block, self._enter_block, i)
+            self.add_forward_hook(model.blocks[-1], self._leave_last_block)
         if self.sample_on_forward:
-            self.handles.append(model.register_forward_pre_hook(self._sample_before_forward))
+            self.add_forward_pre_hook(model, self._sample_before_forward)
         self.active: dict[str, tuple] = {}
         self.set_active(config.subnet(self.depth) if config.mode == "subnet" else sizes)
+
+    @property
+    def loras(self) -> list[NoahLora | None]:
+        """Each block's NOAH LoRA on qkv (None where the block has none)."""
+        return [ref.module if ref is not None else None for ref in self._loras]
+
+    @property
+    def adapters(self) -> list[NoahAdapter | None]:
+        """Each block's NOAH adapter on the MLP (None where the block has none)."""
+        return [ref.module if ref is not None else None for ref in self._adapters]
 
     # -- the active subnet -------------------------------------------------------------------
     def set_active(self, subnet: dict) -> dict[str, tuple]:
@@ -352,10 +361,10 @@ class NoahController(MethodLayer):
             if too_big:
                 i, v, s = too_big[0]
                 raise MethodError(f"noah: {key}[{i}] = {v} exceeds the block's tensor width {s}")
-        for i, layer in enumerate(self._loras):
+        for i, layer in enumerate(self.loras):
             if layer is not None:
                 layer.rank = subnet["lora_ranks"][i]
-        for i, layer in enumerate(self._adapters):
+        for i, layer in enumerate(self.adapters):
             if layer is not None:
                 layer.hidden = subnet["adapter_dims"][i]
         self.active = subnet
@@ -376,8 +385,8 @@ class NoahController(MethodLayer):
     def subnet_parameter_count(self, subnet: dict) -> int:
         subnet = normalize_subnet(subnet, self.depth)
         count = sum(p * self.embed_dim for p in subnet["prompt_dims"])
-        count += sum(layer.parameter_count(r) for layer, r in zip(self._loras, subnet["lora_ranks"]) if layer)
-        count += sum(layer.parameter_count(a) for layer, a in zip(self._adapters, subnet["adapter_dims"]) if layer)
+        count += sum(layer.parameter_count(r) for layer, r in zip(self.loras, subnet["lora_ranks"]) if layer)
+        count += sum(layer.parameter_count(a) for layer, a in zip(self.adapters, subnet["adapter_dims"]) if layer)
         return count
 
     def _sample_before_forward(self, module, args):
@@ -420,7 +429,7 @@ def subnet_state_dict(model: nn.Module, subnet: dict, *, include_head: bool = Tr
         if p:
             state[f"noah.prompts.{i}"] = controller.prompts[str(i)][:p]
     names = {id(m): n for n, m in model.named_modules()}
-    for layers, key in ((controller._loras, "lora_ranks"), (controller._adapters, "adapter_dims")):
+    for layers, key in ((controller.loras, "lora_ranks"), (controller.adapters, "adapter_dims")):
         for layer, dim in zip(layers, subnet[key]):
             if layer is not None and dim:
                 for name, tensor in layer.sliced(dim).items():

@@ -137,6 +137,7 @@ class Sct(PeftMethod):
                 sums[name].index_add_(0, current["labels"], squares)
             return hook
 
+        # closures on a private copy that is dropped after measuring (no method layer, never deep-copied)
         for name in names:
             work.get_submodule(name).norm2.register_forward_pre_hook(recorder(name))
         device = next(work.parameters()).device

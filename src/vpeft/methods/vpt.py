@@ -57,11 +57,11 @@ class PromptTokens(MethodLayer):
         self.num_prefix = model.num_prefix_tokens
         self.prompts = nn.Parameter(torch.empty(len(blocks) if deep else 1, num_tokens, dim).uniform_(-bound, bound))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        blocks[0].register_forward_pre_hook(self._insert)
+        self.add_forward_pre_hook(blocks[0], self._insert)
         if deep:
             for i in range(1, len(blocks)):
-                blocks[i].register_forward_pre_hook(self._replacer(i))
-        blocks[-1].register_forward_hook(self._remove)
+                self.add_forward_pre_hook(blocks[i], self._replace, i)
+        self.add_forward_hook(blocks[-1], self._remove)
 
     def _tokens(self, layer: int, batch: int) -> torch.Tensor:
         return self.dropout(self.prompts[layer]).unsqueeze(0).expand(batch, -1, -1)
@@ -71,13 +71,11 @@ class PromptTokens(MethodLayer):
         p = self._tokens(0, x.shape[0]).to(x.dtype)
         return (torch.cat([x[:, :self.num_prefix], p, x[:, self.num_prefix:]], dim=1), *args[1:])
 
-    def _replacer(self, layer: int):
-        def hook(module, args):
-            x = args[0]
-            p = self._tokens(layer, x.shape[0]).to(x.dtype)
-            start, end = self.num_prefix, self.num_prefix + self.num_tokens
-            return (torch.cat([x[:, :start], p, x[:, end:]], dim=1), *args[1:])
-        return hook
+    def _replace(self, layer: int, module, args):
+        x = args[0]
+        p = self._tokens(layer, x.shape[0]).to(x.dtype)
+        start, end = self.num_prefix, self.num_prefix + self.num_tokens
+        return (torch.cat([x[:, :start], p, x[:, end:]], dim=1), *args[1:])
 
     def _remove(self, module, args, output):
         start, end = self.num_prefix, self.num_prefix + self.num_tokens
