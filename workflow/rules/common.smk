@@ -16,6 +16,7 @@ from vpeft.config import (  # noqa: E402
     resolve_run,
     job_resources,
     resolve_suites,
+    runs_search,
     suite_methods,
     suite_tuning,
     validate_against_schema,
@@ -44,8 +45,6 @@ RES = config["resources_dir"]
 SEEDS = config["seeds"]
 # Methods whose runs need a data-dependent selection stage first (rule select_parameters).
 SELECTION_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_selection)
-# Methods whose final run retrains a searched configuration (rules in search.smk).
-SEARCHED_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_search)
 
 
 def _alternatives(names):
@@ -183,7 +182,8 @@ def get_stage_inputs(wildcards):
         return {"tuned": tuned_path(wildcards.suite, wildcards.method, wildcards.task)}
     if wildcards.method in SELECTION_METHODS:
         return {"selection": f"{folder}/selection.safetensors"}
-    if wildcards.method in SEARCHED_METHODS:
+    if runs_search(SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method, wildcards.task):
+        # NOAH: a task whose config gives a (released) subnet trains it without a search (`search:` switch)
         return {"subnet": f"{folder}/search/subnet.json"}
     return {}
 
