@@ -224,7 +224,20 @@ def suite_report_info(name):
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": task_groups(suite),
             "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": [],
-            "families": method_families(SUITE_METHODS[name]), "base_suite": suite.get("base_suite")}
+            "families": method_families(SUITE_METHODS[name]), "base_suite": suite.get("base_suite"),
+            "protocol_differences": suite_protocol_differences(name)}
+
+
+def suite_protocol_differences(name):
+    """How the suite's resolved runs differ from the recipe of its published table (none without one)."""
+    suite = SUITES[name]
+    if not suite.get("published"):
+        return []
+    from vpeft.report.protocol_diff import protocol_differences
+
+    runs = [resolve_run(config, SUITES, METHOD_CONFIGS, name, m, t, SEEDS[0])
+            for m in SUITE_METHODS[name] for t in suite["tasks"]]
+    return protocol_differences(str(suite["published"]), runs)
 
 
 def task_groups(suite):
