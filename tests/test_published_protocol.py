@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers.configs import shipped_config
+from helpers.configs import shipped_config, write_config
 from helpers.report import read_report
 from helpers.runs import write_ok_run
 from helpers.snake import ROOT, job_blocks, run_workflow
@@ -154,7 +154,9 @@ def test_noah_trains_released_subnets_without_search(config, methods):
 @pytest.mark.slow
 def test_noah_dag_searches_only_where_no_subnet_is_released(tmp_path):
     targets = ["results/vtab/noah/cifar/seed-42/metrics.json", "results/fgvc/noah/cub/seed-42/metrics.json"]
-    dry = run_workflow(tmp_path, None, "-n", *targets)
+    # without the workflow profile's `quiet: rules`, so that the dry run prints every job's wildcards
+    dry = run_workflow(tmp_path, write_config(shipped_config(), tmp_path / "shipped.yaml"), "--workflow-profile",
+                       "none", "-n", *targets)
     searched = {(j["wildcards"].get("suite"), j["wildcards"].get("task")) for j in job_blocks(dry.stdout)
                 if j["rule"] in ("noah_supernet", "noah_search")}
     trained = {j["wildcards"].get("suite") for j in job_blocks(dry.stdout) if j["rule"] == "train_run"}

@@ -233,11 +233,12 @@ def suite_protocol_differences(name):
     suite = SUITES[name]
     if not suite.get("published"):
         return []
-    from vpeft.report.protocol_diff import protocol_differences
+    from vpeft.report.protocol_diff import load_recipes, protocol_differences
 
+    key = str(suite["published"])
     runs = [resolve_run(config, SUITES, METHOD_CONFIGS, name, m, t, SEEDS[0])
-            for m in SUITE_METHODS[name] for t in suite["tasks"]]
-    return protocol_differences(str(suite["published"]), runs)
+            for m in SUITE_METHODS[name] for t in suite["tasks"]] if key in load_recipes() else []
+    return protocol_differences(key, runs)
 
 
 def task_groups(suite):
