@@ -104,6 +104,12 @@ def test_report_shows_protocol_differences_beside_the_published_table(config, me
                         "protocol_differences": protocol_differences(suite["published"],
                                                                      _runs(cfg, methods, name, method_names))}
         paths += [write_ok_run(tmp_path, name, m, t, 1, 0.8, 1000) for m in method_names for t in tasks]
+    # a published table whose recipe is not recorded says so; a suite without one shows no list
+    for name, published in (("ssv2", "ssv2"), ("mini", None)):
+        suites[name] = {"title": name, "kind": "video", "protocol": "vtab1k", "methods": ["lora"], "tasks": ["ssv2"],
+                        "groups": None, "published": published, "notes": [],
+                        "protocol_differences": protocol_differences(published, []) if published else []}
+        paths.append(write_ok_run(tmp_path, name, "lora", "ssv2", 1, 0.5, 1000))
     out = tmp_path / "index.html"
     render_report(build_context(load_runs(paths), suites), out)
     shown = read_report(out)
@@ -121,6 +127,9 @@ def test_report_shows_protocol_differences_beside_the_published_table(config, me
     augmented = [t for t, flags in load_recipes()["vtab"]["tasks"].items() if flags["train_aug"]]
     assert vtab["Training input"][1].text == "direct resize, no augmentation"
     assert vtab["Training input"][3].text == "all methods; " + ", ".join(augmented)
+    unrecorded, _ = table("ssv2")
+    assert unrecorded["Recipe"][2].text.startswith("not recorded for the published table 'ssv2'")
+    assert not [t for t in shown["mini"].tables if t.heading.startswith("Protocol")]
     # the published FGVC prefix-tuning row is shown under ours
     results = shown["fgvc"].table("Results")
     labels = [row[0].text for row, cls in zip(results.rows, results.row_classes) if "published" in cls]
