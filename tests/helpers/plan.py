@@ -39,8 +39,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
             if get_method_class(method).needs_selection:
                 jobs["select_parameters"] += runs
             searched = sum(runs_search(suites, methods, name, method, task) for task in suite["tasks"])
-            jobs["noah_supernet"] += searched * len(config["seeds"])  # NOAH: tasks without a released subnet
-            jobs["noah_search"] += searched * len(config["seeds"])
+            if searched:  # NOAH: the tasks without a released subnet
+                jobs["noah_supernet"] += searched * len(config["seeds"])
+                jobs["noah_search"] += searched * len(config["seeds"])
     for _, _, kind, source in data_tasks:
         jobs[CHECK[kind]] += 1
         if source == "embedded":
