@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-import yaml
 from PIL import Image
 
 from helpers.configs import shipped_config, write_config
@@ -45,7 +44,8 @@ def methods():
 def _runs(config, methods, suite, method_names=None, seed=42):
     suites = resolve_suites(config)
     names = method_names or suite_methods(suite, suites[suite], methods)
-    return [resolve_run(config, suites, methods, suite, m, t, seed) for m in names for t in suites[suite]["tasks"]]
+    tasks = suites[suite]["tasks"]
+    return [resolve_run(config, suites, methods, suite, m, t, seed) for m in names for t in tasks]
 
 
 # -- the recipe ------------------------------------------------------------------------------------
@@ -83,7 +83,8 @@ def test_differences_follow_the_resolved_config(config, methods):
     plain = copy.deepcopy(config)
     plain["suites"]["fgvc"]["protocol"] = "vtab1k"
     plain["suites"]["fgvc"]["training"]["epochs"] = 30
-    rows = {r["setting"]: r for r in protocol_differences("fgvc", _runs(plain, methods, "fgvc", ["lora", "ssf"]))}
+    rows = protocol_differences("fgvc", _runs(plain, methods, "fgvc", ["lora", "ssf"]))
+    rows = {r["setting"]: r for r in rows}
     assert rows["Training split"]["ours"] == "train800val200 (train.json + val.json)"
     assert rows["Training split"]["published"] == "train800 (train.json)"
     assert rows["Training input"]["ours"] == "direct resize, no augmentation"
@@ -99,15 +100,16 @@ def test_report_shows_protocol_differences_beside_the_published_table(config, me
     for name, cfg, method_names in (("fgvc", config, ["lora", "prefix-tuning"]), ("vtab", plain, ["lora"])):
         suite = cfg["suites"][name]
         tasks = list(suite["tasks"])
-        suites[name] = {"title": name, "kind": "image", "protocol": suite["protocol"], "methods": method_names,
-                        "tasks": tasks, "groups": None, "published": suite["published"], "notes": [],
+        suites[name] = {"title": name, "kind": "image", "protocol": suite["protocol"],
+                        "methods": method_names, "tasks": tasks, "groups": None,
+                        "published": suite["published"], "notes": [],
                         "protocol_differences": protocol_differences(suite["published"],
                                                                      _runs(cfg, methods, name, method_names))}
         paths += [write_ok_run(tmp_path, name, m, t, 1, 0.8, 1000) for m in method_names for t in tasks]
     # a published table whose recipe is not recorded says so; a suite without one shows no list
     for name, published in (("ssv2", "ssv2"), ("mini", None)):
-        suites[name] = {"title": name, "kind": "video", "protocol": "vtab1k", "methods": ["lora"], "tasks": ["ssv2"],
-                        "groups": None, "published": published, "notes": [],
+        suites[name] = {"title": name, "kind": "video", "protocol": "vtab1k", "methods": ["lora"],
+                        "tasks": ["ssv2"], "groups": None, "published": published, "notes": [],
                         "protocol_differences": protocol_differences(published, []) if published else []}
         paths.append(write_ok_run(tmp_path, name, "lora", "ssv2", 1, 0.5, 1000))
     out = tmp_path / "index.html"
@@ -164,8 +166,8 @@ def test_noah_trains_released_subnets_without_search(config, methods):
 def test_noah_dag_searches_only_where_no_subnet_is_released(tmp_path):
     targets = ["results/vtab/noah/cifar/seed-42/metrics.json", "results/fgvc/noah/cub/seed-42/metrics.json"]
     # without the workflow profile's `quiet: rules`, so that the dry run prints every job's wildcards
-    dry = run_workflow(tmp_path, write_config(shipped_config(), tmp_path / "shipped.yaml"), "--workflow-profile",
-                       "none", "-n", *targets)
+    configfile = write_config(shipped_config(), tmp_path / "shipped.yaml")
+    dry = run_workflow(tmp_path, configfile, "--workflow-profile", "none", "-n", *targets)
     searched = {(j["wildcards"].get("suite"), j["wildcards"].get("task")) for j in job_blocks(dry.stdout)
                 if j["rule"] in ("noah_supernet", "noah_search")}
     trained = {j["wildcards"].get("suite") for j in job_blocks(dry.stdout) if j["rule"] == "train_run"}
@@ -183,9 +185,10 @@ def test_vpt_deep_runs_per_task_lengths_and_readme_agrees_with_yaml(config, meth
     assert {r["task"]: r["method_hparams"]["num_tokens"] for r in runs} == per_task
     assert len(set(per_task.values())) > 1  # per task, not one length
     default = yaml_cfg["hparams"]["num_tokens"]
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if "| `vpt-deep` (p = " in line)
-    match = re.search(r"\| `vpt-deep` \(p = (\d+); vtab per task, mean ([\d.]+)\) \| ([\d,]+) \(vtab mean ([\d,]+)\)",
-                      line)
+    readme = (ROOT / "README.md").read_text().splitlines()
+    line = next(line for line in readme if "| `vpt-deep` (p = " in line)
+    match = re.search(r"\| `vpt-deep` \(p = (\d+); vtab per task, mean ([\d.]+)\) \| ([\d,]+) "
+                      r"\(vtab mean ([\d,]+)\)", line)
     assert match, line
     p, mean, count, vtab_count = match.groups()
     assert int(p) == default

@@ -30,7 +30,8 @@ _FGVC_FILES = {"train800": "train.json", "val200": "val.json", "train800val200":
 @lru_cache(maxsize=1)
 def load_recipes() -> dict[str, dict]:
     """The published tables' recipes, keyed like a suite's ``published:``."""
-    with resources.files(__package__).joinpath("published", "protocols.yaml").open("r", encoding="utf-8") as f:
+    path = resources.files(__package__).joinpath("published", "protocols.yaml")
+    with path.open("r", encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 
 
@@ -96,9 +97,9 @@ def protocol_differences(key: str, runs: list[dict]) -> list[dict[str, str]]:
                                describe_split(layout, pub_protocol.get("train_split", "?"))),
             "Evaluation split": (describe_split(layout, protocol["eval_split"]),
                                  describe_split(layout, pub_protocol.get("eval_split", "?"))),
-            "Training input": (describe_input(layout, protocol.get("augmentation"), bool(training.get("train_aug"))),
-                               describe_input(layout, pub_protocol.get("augmentation"),
-                                              bool(published.get("train_aug")))),
+            "Training input": (
+                describe_input(layout, protocol.get("augmentation"), bool(training.get("train_aug"))),
+                describe_input(layout, pub_protocol.get("augmentation"), bool(published.get("train_aug")))),
         }
         for name, value in published.items():
             if name == "train_aug":  # part of "Training input"
