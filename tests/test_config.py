@@ -61,8 +61,13 @@ def test_precedence_global_suite_task_method(config, methods):
     run = resolve_run(config, suites, methods, "vtab", "lora", "cifar", 1)
     assert run["training"]["lr"] == 5e-3  # lora.yaml suites.vtab.tasks.cifar beats the task's shared-list value
     assert resolve_run(config, suites, methods, "vtab", "adapter", "cifar", 1)["training"]["lr"] == 0.01
+    # the real suite trains with V-PETL's recipe: its per-task train_aug flag holds (on for dtd, off for cifar)
+    assert resolve_run(config, suites, methods, "vtab", "adapter", "dtd", 1)["training"]["train_aug"] is True
+    assert resolve_run(config, suites, methods, "vtab", "adapter", "cifar", 1)["training"]["train_aug"] is False
     # vtab1k is "direct resize, no augmentation": the protocol overrides the task's V-PETL train_aug flag
-    assert resolve_run(config, suites, methods, "vtab", "adapter", "dtd", 1)["training"]["train_aug"] is False
+    plain = copy.deepcopy(config)
+    plain["suites"]["vtab"]["protocol"] = "vtab1k"
+    assert resolve_run(plain, resolve_suites(plain), methods, "vtab", "adapter", "dtd", 1)["training"]["train_aug"] is False
     mini = resolve_run(config, suites, methods, "vtab-mini", "vpt-shallow", "digits", 1)
     assert mini["method_hparams"] == {"num_tokens": 8}
     assert mini["training"]["epochs"] == config["suites"]["vtab-mini"]["training"]["epochs"]

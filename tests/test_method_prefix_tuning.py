@@ -128,7 +128,7 @@ def test_published_fgvc_count_needs_the_head():
     assert counts["trainable"] == L * 2 * 10 * D  # a key and a value prefix of 10 tokens of width D per block
     # the published FGVC "0.36 M" counts the classification head: with the mean head of our FGVC tasks
     # it rounds to the printed value
-    assert round((counts["trainable"] + mean_head("fgvc")) / 1e6, 2) == published_params("fgvc", "prefix") / 1e6
+    assert round((counts["trainable"] + mean_head("fgvc")) / 1e6, 2) == published_params("fgvc", "prefix-tuning") / 1e6
 
 
 def test_non_attention_targets_are_refused():

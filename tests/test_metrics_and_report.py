@@ -169,7 +169,7 @@ def test_published_fgvc_table_shape_and_means():
     table = load_published("fgvc")
     assert list(FGVC_TASKS) == ["cub", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
     assert len(table) == 15
-    assert {"prefix", "u-tuning", "gps", "snf"} <= set(table.index)
+    assert {"prefix-tuning", "u-tuning", "gps", "snf"} <= set(table.index)
     recomputed = table[list(FGVC_TASKS)].mean(axis=1)
     assert ((recomputed - table["mean"]).abs() <= 0.01).all()
     assert table.loc["linear", "params_printed"] == "0 M"

@@ -151,6 +151,39 @@ def check_known(kind: str, name: str, valid) -> None:
         raise ConfigError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(sorted(valid))}")
 
 
+def _method_layers(m_yaml: dict, suite: dict, suite_name: str, task: str) -> tuple[dict, dict]:
+    """The method config's entry for the suite and for the task in it. A suite that extends another
+    inherits the method's settings for its parent, then its own."""
+    m_suites = m_yaml.get("suites") or {}
+    m_suite: dict = {}
+    for name in (suite.get("base_suite"), suite_name):
+        if name:
+            m_suite = deep_merge(m_suite, m_suites.get(name) or {})
+    return m_suite, (m_suite.get("tasks") or {}).get(task) or {}
+
+
+#: `search:` of a searched method's config (NOAH): `released` trains the subnet the config gives for a
+#: task (NOAH's released per-task subnets on vtab) and searches only tasks without one; `always`
+#: searches every task, overriding a configured subnet.
+SEARCH_MODES = ("released", "always")
+
+
+def runs_search(suites: dict[str, dict], method_configs: dict[str, dict], suite_name: str, method: str,
+                task: str) -> bool:
+    """Whether the run of a searched method (`needs_search`) on this task trains a subnet found by the
+    search stages (rules in search.smk) rather than the one its config gives."""
+    from .methods import get_method_class
+
+    if not get_method_class(method).needs_search:
+        return False
+    m_yaml = method_configs[method]
+    m_suite, m_task = _method_layers(m_yaml, suites[suite_name], suite_name, task)
+    mode = m_suite.get("search", m_yaml.get("search", "released"))
+    if mode not in SEARCH_MODES:
+        raise ConfigError(f"config/methods/{method}.yaml: search: {mode!r}; valid: {', '.join(SEARCH_MODES)}")
+    return mode == "always" or not m_task.get("hparams")
+
+
 def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str, dict],
                 suite_name: str, method: str, task: str, seed: int) -> dict:
     """The complete settings of one run, as `vpeft.engine.train.RunConfig` takes them."""
@@ -160,13 +193,7 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
     check_known("task", task, suite["tasks"])
     task_entry = suite["tasks"][task] or {}
     m_yaml = method_configs[method]
-    # A suite that extends another inherits the method's settings for its parent, then its own.
-    m_suites = m_yaml.get("suites") or {}
-    m_suite: dict = {}
-    for name in (suite.get("base_suite"), suite_name):
-        if name:
-            m_suite = deep_merge(m_suite, m_suites.get(name) or {})
-    m_task = (m_suite.get("tasks") or {}).get(task) or {}
+    m_suite, m_task = _method_layers(m_yaml, suite, suite_name, task)
 
     training = config["training"]
     for layer in (suite.get("training"), task_entry.get("training"), m_yaml.get("training"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from vpeft.config import load_method_configs, resolve_suites, suite_methods
+from vpeft.config import load_method_configs, resolve_suites, runs_search, suite_methods
 from vpeft.methods import get_method_class
 
 from .snake import ROOT
@@ -38,9 +38,10 @@ def expected_jobs(config: dict) -> dict[str, int]:
             jobs["train_dense_run" if suite["kind"] == "dense" else "train_run"] += runs
             if get_method_class(method).needs_selection:
                 jobs["select_parameters"] += runs
-            if get_method_class(method).needs_search:
-                jobs["noah_supernet"] += runs
-                jobs["noah_search"] += runs
+            searched = sum(runs_search(suites, methods, name, method, task) for task in suite["tasks"])
+            if searched:  # NOAH: the tasks without a released subnet
+                jobs["noah_supernet"] += searched * len(config["seeds"])
+                jobs["noah_search"] += searched * len(config["seeds"])
     for _, _, kind, source in data_tasks:
         jobs[CHECK[kind]] += 1
         if source == "embedded":

@@ -16,6 +16,7 @@ from vpeft.config import (  # noqa: E402
     resolve_run,
     job_resources,
     resolve_suites,
+    runs_search,
     suite_methods,
     suite_tuning,
     validate_against_schema,
@@ -44,8 +45,6 @@ RES = config["resources_dir"]
 SEEDS = config["seeds"]
 # Methods whose runs need a data-dependent selection stage first (rule select_parameters).
 SELECTION_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_selection)
-# Methods whose final run retrains a searched configuration (rules in search.smk).
-SEARCHED_METHODS = sorted(m for m in METHOD_CONFIGS if get_method_class(m).needs_search)
 
 
 def _alternatives(names):
@@ -183,7 +182,8 @@ def get_stage_inputs(wildcards):
         return {"tuned": tuned_path(wildcards.suite, wildcards.method, wildcards.task)}
     if wildcards.method in SELECTION_METHODS:
         return {"selection": f"{folder}/selection.safetensors"}
-    if wildcards.method in SEARCHED_METHODS:
+    if runs_search(SUITES, METHOD_CONFIGS, wildcards.suite, wildcards.method, wildcards.task):
+        # NOAH: a task whose config gives a (released) subnet trains it without a search (`search:` switch)
         return {"subnet": f"{folder}/search/subnet.json"}
     return {}
 
@@ -224,7 +224,21 @@ def suite_report_info(name):
             "backbone": f"{suite['backbone']} ({backbone['arch']})", "methods": SUITE_METHODS[name],
             "tasks": list(suite["tasks"]), "groups": task_groups(suite),
             "published": suite.get("published"), "data_suite": suite["data_suite"], "notes": [],
-            "families": method_families(SUITE_METHODS[name]), "base_suite": suite.get("base_suite")}
+            "families": method_families(SUITE_METHODS[name]), "base_suite": suite.get("base_suite"),
+            "protocol_differences": suite_protocol_differences(name)}
+
+
+def suite_protocol_differences(name):
+    """How the suite's resolved runs differ from the recipe of its published table (none without one)."""
+    suite = SUITES[name]
+    if not suite.get("published"):
+        return []
+    from vpeft.report.protocol_diff import load_recipes, protocol_differences
+
+    key = str(suite["published"])
+    runs = [resolve_run(config, SUITES, METHOD_CONFIGS, name, m, t, SEEDS[0])
+            for m in SUITE_METHODS[name] for t in suite["tasks"]] if key in load_recipes() else []
+    return protocol_differences(key, runs)
 
 
 def task_groups(suite):

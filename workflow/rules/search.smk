@@ -1,7 +1,8 @@
 # Methods whose final configuration is searched (NOAH, `needs_search`): one-shot NAS in three
 # stages. The first two use the `val` protocol (train800 -> val200), so the test split is never
 # looked at; the third is the ordinary train_run, which retrains the searched subnet on the suite's
-# protocol (see get_stage_inputs).
+# protocol (see get_stage_inputs). A task whose method config gives a subnet (NOAH's released ones on
+# vtab) skips both stages unless the config says `search: always` (vpeft.config.runs_search).
 
 
 rule noah_supernet:

@@ -65,11 +65,13 @@ def hash_images(paths: list[Path], decode: bool, workers: int, progress: "Progre
         return hashes
 
 
-def check_sizes(counts: dict[str, int], sizes: dict[str, int] | None, files: dict[str, Path], where: str) -> None:
+def check_sizes(counts: dict[str, int], sizes: dict[str, int] | None, files: dict[str, Path], where: str,
+                why: str = "") -> None:
+    """Each split's image count equals the config's; `why` says what a mismatch means."""
     for split, expected in (sizes or {}).items():
         if split in counts and counts[split] != expected:
             raise DataError(f"{files[split]} lists {counts[split]} images, expected {expected} "
-                            f"(set by {where}.sizes.{split})")
+                            f"(set by {where}.sizes.{split}){why}")
 
 
 class Progress:

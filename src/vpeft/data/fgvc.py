@@ -72,7 +72,9 @@ def check_task(task_dir: str | Path, num_classes: int, *, suite: str = "", task:
     files = {split: task_dir / f"{split}.json" for split in SPLIT_FILES}
     annotations = {split: _read_json_split(files[split]) for split in SPLIT_FILES}
     counts = {split: len(a) for split, a in annotations.items()}
-    check_sizes(counts, sizes, files, f"suites.{suite}.tasks.{task}" if suite else "the config")
+    check_sizes(counts, sizes, files, f"suites.{suite}.tasks.{task}" if suite else "the config",
+                why=": the shipped sizes are VPT's published split, which the published FGVC numbers "
+                    "used; other split files (not VPT's json.zip) make results incomparable with them")
 
     ids = sorted({cid for a in annotations.values() for cid in a.values()})
     if len(ids) != num_classes:

@@ -13,7 +13,8 @@ Suite description (one entry per suite, keyed by suite name)::
      "methods": ["linear", "lora"], "tasks": ["digits", "shapes"],
      "groups": {"digits": "natural", "shapes": "structured"} | None,
      "published": "vtab" | "fgvc" | None,
-     "notes": ["pretrained vs random-init linear probe: +X points"]}
+     "notes": ["pretrained vs random-init linear probe: +X points"],
+     "protocol_differences": [{"setting", "ours", "published", "where"}, ...]}  # protocol_diff
 """
 
 from __future__ import annotations
@@ -199,6 +200,15 @@ def _metric_label(names: list[str]) -> str:
     if not names:
         return "top-1 accuracy (%)"
     return ", ".join(f"{metric_name(n)} (%)" for n in names)
+
+
+def _protocol_rows(cfg: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    """The suite's differences from its published table's recipe (vpeft.report.protocol_diff), shown
+    beside the table; None where the suite has no published table or its description no comparison."""
+    if not cfg.get("published") or cfg.get("protocol_differences") is None:
+        return None
+    return [{k: str(row.get(k, "")) for k in ("setting", "ours", "published", "where")}
+            for row in cfg.get("protocol_differences") or []]
 
 
 def _published_rows(
@@ -471,6 +481,7 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
         "rows": rows,
         "has_published": bool(published_rows),
         "published_notes": published_notes,
+        "protocol_differences": _protocol_rows(cfg),
         "failures": failures,
         "n_expected": n_expected,
         "n_ok": int(cells["n_ok"].sum()) if len(cells) else 0,
@@ -549,6 +560,7 @@ def _dense_published_rows(key: str, methods: list[str], columns: list[tuple[str,
 def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A dense suite: the image context's shared parts (failures, cost, checks) plus the dense table."""
     base = _suite_context(runs, name, {**cfg, "published": None}, plots=False)
+    base["protocol_differences"] = _protocol_rows(cfg)
     families = cfg.get("families") or {}
     methods = _by_family(list(cfg.get("methods") or []), families)
     tasks = list(cfg.get("tasks") or [])
