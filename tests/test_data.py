@@ -67,3 +67,22 @@ def test_cifar100_folder_name_gets_a_hint(tmp_path):
     (tmp_path / "cifar100").mkdir()
     with pytest.raises(DataError, match="'cifar100' folder exists beside it"):
         check_task_folder(tmp_path / "cifar", 100, suite="vtab", task="cifar")
+
+
+def test_rand_augment_posterize_at_full_magnitude_gives_a_black_image_instead_of_raising():
+    """"inc1" posterize keeps 0 bits at magnitude 10 (reached by m9 with std 0.5): Pillow 13 refuses
+    0 bits, so the op must give what older Pillow gave (every bit masked off) instead of crashing."""
+    import numpy as np
+    from PIL import Image
+
+    from vpeft.data.transforms import build_transform
+
+    transform = build_transform(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), train_aug=True)
+    rand_augment = transform.transforms[2]
+    (posterize,) = [op for op in rand_augment.ops if op.name == "PosterizeIncreasing"]
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 256, (32, 32, 3), dtype=np.uint8))
+    assert not np.asarray(posterize(image)).any()
+    posterize.magnitude = 5  # 2 bits kept: the top two bits survive, the rest are cleared
+    kept = np.asarray(posterize(image))
+    assert (kept == (np.asarray(image) & 0b11000000)).all() and kept.any()
