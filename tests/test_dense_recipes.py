@@ -159,6 +159,23 @@ def test_processes_get_the_papers_per_gpu_batch_and_a_scaled_lr(shipped, tmp_pat
     assert plan["lr"] == pytest.approx(run["training"]["lr"] * 2 * processes / 16)
 
 
+def test_processes_follow_the_jobs_gpus(shipped, monkeypatch):
+    import torch
+
+    from vpeft.dense.launch import process_count
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    run = run_of(shipped, "coco", "lora", "coco2017")
+    assert process_count(run, "cuda", gpus=4) == 4  # what the job asked for, of the visible ones
+    assert process_count(run, "cuda", gpus=None) == 8 and process_count(run, "cuda", gpus=0) == 1
+    assert process_count(run, "cpu", gpus=4) == 1  # no GPU: one process unless data.processes says more
+    run["data"] = dict(run["data"], processes=2)
+    assert process_count(run, "cpu") == 2 and process_count(run, "cuda", gpus=8) == 2
+    run["data"]["processes"] = 9
+    with pytest.raises(ConfigError, match="data.processes = 9 but only 8 GPU"):
+        process_count(run, "cuda")
+
+
 def test_process_options_are_validated(shipped, tmp_path):
     with pytest.raises(ConfigError, match="processes must be a positive integer"):
         RecipeOptions.from_dict({"processes": 0})

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..config import ConfigError
 from ..io import atomic_write_json
 from .recipes import recipe_options
 
@@ -42,9 +43,9 @@ def process_count(run: dict, device: str, gpus: int | None = None) -> int:
     visible = torch.cuda.device_count()
     if explicit:
         if explicit > visible:
-            raise WorkerFailed(f"data.processes = {explicit} but only {visible} GPU(s) are visible")
+            raise ConfigError(f"data.processes = {explicit} but only {visible} GPU(s) are visible")
         return explicit
-    return max(1, min(visible, int(gpus)) if gpus else visible)
+    return max(1, visible if gpus is None else min(visible, int(gpus)))
 
 
 def launch(spec: dict, spec_path: Path, processes: int, threads: int) -> None:
