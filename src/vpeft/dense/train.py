@@ -12,6 +12,11 @@ backbone before evaluation, as in the image track. A non-finite loss stops the r
 iteration. With checkpoints on (`data.checkpoint_interval`, the real suites), training state goes to
 `checkpoint/` beside metrics.json and a rerun with the same settings resumes from it.
 
+Processes: one per GPU of the job (`vpeft.dense.launch`); with several, torchrun starts
+`vpeft.dense.worker` per rank, mmengine's `pytorch` launcher wraps the model in DDP, each rank trains on
+its shard with `data.images_per_process` images per step and the lr is scaled to the global batch by
+mmengine's `auto_scale_lr` (`train.distributed` records how). Rank 0 alone writes the results.
+
 metrics.json (schema vpeft.run/1, as the image track): `metric` is the task's primary metric as a
 fraction (COCO box AP, VOC box AP@0.5, ADE20K mIoU) and `metrics` holds all of them; `params.trainable`
 counts the backbone's method parameters only (neck and heads excluded, as the dense papers count),
