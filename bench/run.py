@@ -6,6 +6,7 @@ writes them (with provenance) to a JSON file. See bench/README.md.
     python bench/run.py --only demo --update # re-measure one section, keep the others in the JSON
     python bench/run.py --arch vit_base_patch16_224 --img-size 224 --device cuda --precision bf16
     python bench/run.py --only vtab1k-gpu,concurrency --device cuda   # whole VTAB-1k runs on a GPU
+    python bench/run.py --only input --device cuda   # DataLoader workers vs the ViT-B/16 step: cpus_per_task
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from common import REPO
 
-SECTIONS = ("lora", "cache", "merge", "methods", "vitb", "imports", "vtab1k-gpu", "concurrency", "demo")
+SECTIONS = ("lora", "cache", "merge", "methods", "vitb", "input", "imports", "vtab1k-gpu", "concurrency", "demo")
 GOALS = {
     "lora_over_peft": "<= 0.9 (never > 1.0)",
     "linear_cache_speedup": ">= 20",
@@ -77,6 +78,11 @@ def parse_args(argv=None):
     g.add_argument("--vitb-steps", type=int, default=3)
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the ViT-B/16 step")
+    g = p.add_argument_group("input section (DataLoader workers against the ViT-B/16 step; ~60 s on a CPU)")
+    g.add_argument("--input-seconds", type=float, default=5.0, help="timed seconds per measurement")
+    g.add_argument("--input-images", type=int, default=48, help="generated JPEGs")
+    g.add_argument("--input-videos", type=int, default=8, help="generated mp4s")
+    g.add_argument("--input-batch", type=int, default=8, help="image batch (clips: a quarter of it)")
     return p.parse_args(argv)
 
 
@@ -127,6 +133,17 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
         mfu = f", MFU {v['mfu']:.1%}" if v["mfu"] is not None else ", MFU n/a (no GPU peak known)"
         value = f"{v['images_per_second']:.2f} img/s, {v['achieved_tflops'] * 1000:.0f} GFLOP/s{mfu}"
         rows.append(("ViT-B/16 full-FT step", value, "-", "-"))
+    if "input" in results:
+        i = results["input"]
+        for kind, unit in (("images", "img"), ("clips", "clips")):
+            r = i[kind]
+            rates = ", ".join(f"{w}: {v['per_second_per_worker']:.1f}" for w, v in r["by_workers"].items())
+            rows.append((f"input: {kind}/s per DataLoader worker (by workers)", f"{rates} (scaling {r['scaling']:.2f})",
+                         "-", "-"))
+            rows.append((f"  ViT-B/16 step {unit}/s / one worker's",
+                         f"{r['step_per_second']:.1f} / {r['per_second_per_worker']:.1f} = "
+                         f"{r['step_over_one_worker']:.2f}: {r['workers_to_feed_step']} worker(s) per "
+                         f"{i.get('step', {}).get('device', 'device')} process", "-", "-"))
     if "imports" in results:
         i = results["imports"]
         rows.append((f"training job imports, baseline {i['baseline_commit'][:7]} / now",
@@ -255,6 +272,19 @@ def main(argv=None) -> int:
             import vitb_step
             batch = args.vitb_batch or (128 if args.device.startswith("cuda") else 4)
             results[section] = vitb_step.run(batch, args.vitb_steps, args.precision, args.compile, args.device)
+        elif section == "input":
+            import input_pipeline
+            step = results.get("vitb")
+            if step is None:  # the step rate on this machine (on a CPU: the smallest measurement)
+                import vitb_step
+                gpu = args.device.startswith("cuda")
+                step = vitb_step.run(args.vitb_batch or (128 if gpu else 2), args.vitb_steps if gpu else 1,
+                                     args.precision, args.compile, args.device)
+            results[section] = input_pipeline.run(step["images_per_second"], seconds=args.input_seconds,
+                                                  images=args.input_images, videos=args.input_videos,
+                                                  batch=args.input_batch)
+            results[section]["step"] = {k: step[k] for k in ("batch", "precision", "device", "device_name",
+                                                             "images_per_second")}
         timings[section] = round(time.perf_counter() - start, 1)
         cpu[section] = round(_cpu_seconds() - cpu_start, 1)
         print(f"[{section}] {timings[section]:.0f} s wall, {cpu[section]:.0f} s CPU", flush=True)

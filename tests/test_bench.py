@@ -100,3 +100,40 @@ def test_concurrency_section_runs_k_jobs_at_once(bench_run):
     result = concurrency.run("cpu", ks=(1, 2), runs=2)
     assert set(result["k"]) == {"1", "2"} and result["k"]["1"]["speedup_over_k1"] == 1.0
     assert all(e["runs_per_hour"] > 0 and e["wall_seconds"] > 0 for e in result["k"].values())
+
+
+def test_input_section_sizes_workers_from_the_step_rate(bench_run):
+    """Workers to feed the step = the step's rate / one worker's (at the most workers measured); clips
+    count as the clip / image FLOPs ratio of images."""
+    import input_pipeline
+
+    def rate(per_second, workers):
+        return {"per_second": per_second, "per_second_per_worker": per_second / workers}
+
+    rates = {"images": {"1": rate(150.0, 1), "2": rate(280.0, 2)}, "clips": {"1": rate(12.0, 1), "2": rate(24.0, 2)}}
+    out = input_pipeline.ratios(rates, 1000.0, 10.0)
+    assert out["images"]["per_second_per_worker"] == 140.0 and out["images"]["workers_to_feed_step"] == 8
+    assert out["images"]["scaling"] == pytest.approx(280 / 300)
+    assert out["clips"]["step_per_second"] == 100.0 and out["clips"]["workers_to_feed_step"] == 9
+    rows = {r[0]: r[1] for r in bench_run.summary({"input": {**out, "step": {"device": "cuda"}}})}
+    assert rows["input: images/s per DataLoader worker (by workers)"] == "1: 150.0, 2: 140.0 (scaling 0.93)"
+    assert rows["  ViT-B/16 step img/s / one worker's"] == "1000.0 / 140.0 = 7.14: 8 worker(s) per cuda process"
+
+
+@pytest.mark.slow
+def test_input_section_runs_on_cpu(bench_run, tmp_path):
+    """The section's whole path at its smallest: generated JPEGs and mp4s through real DataLoader workers
+    (decord for the clips) and the ViT-B/16 step measured on this machine."""
+    out = tmp_path / "latest.json"
+    assert bench_run.main(["--only", "input", "--device", "cpu", "--input-seconds", "0.5", "--input-images", "6",
+                           "--input-videos", "2", "--input-batch", "4", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    section = record["results"]["input"]
+    assert section["step"]["device"] == "cpu" and section["step"]["images_per_second"] > 0
+    for kind in ("images", "clips"):
+        assert set(section[kind]["by_workers"]) == {"1", "2"}
+        assert all(r["samples"] > 0 and r["per_second"] > 0 for r in section[kind]["by_workers"].values())
+        assert section[kind]["workers_to_feed_step"] >= 1
+    assert section["clip_over_image_flops"] > 1  # 8 frames of tubelet 2: ~4x an image's tokens
+    measures = [r["measure"] for r in record["summary"]]
+    assert "input: clips/s per DataLoader worker (by workers)" in measures

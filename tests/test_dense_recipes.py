@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vpeft.config import ConfigError, load_method_configs, resolve_suites
-from vpeft.dense.recipes import RecipeOptions, build_config, write_config
+from vpeft.dense.recipes import RecipeOptions, batch_plan, build_config, write_config
 from vpeft.dense.settings import resolve_dense_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def test_coco_cascade_mask_rcnn_3x(shipped, tmp_path):
     assert [t["type"] for t in pipeline] == ["LoadImageFromFile", "LoadAnnotations", "RandomFlip", "RandomChoice",
                                              "PackDetInputs"]
     assert pipeline[3]["transforms"][1][1]["crop_size"] == (384, 600)
-    assert cfg["train_dataloader"]["batch_size"] == 16
+    assert cfg["train_dataloader"]["batch_size"] == 2  # per process: the papers' 2 images per GPU
+    assert cfg["auto_scale_lr"] == {"enable": True, "base_batch_size": 16}  # the lr is given for 8 x 2
     assert cfg["train_dataloader"]["dataset"]["ann_file"] == "annotations/instances_train2017.json"
     assert cfg["test_evaluator"]["type"] == "CocoMetric" and cfg["test_evaluator"]["metric"] == ["bbox", "segm"]
     assert cfg["test_evaluator"]["ann_file"].endswith("coco2017/annotations/instances_val2017.json")
@@ -134,6 +135,56 @@ def test_recipe_options_are_validated(shipped, tmp_path):
         build_config(run, ["a", "b", "c"], work_dir=tmp_path)
     with pytest.raises(ConfigError, match="the data has 2 classes, the config says num_classes 3"):
         build_config(run_of(shipped, "coco-mini", "lora", "shapes"), ["a", "b"], work_dir=tmp_path)
+
+
+@pytest.mark.parametrize("processes, device", [(4, "cuda"), (2, "cpu"), (1, "cpu")])
+def test_processes_get_the_papers_per_gpu_batch_and_a_scaled_lr(shipped, tmp_path, processes, device):
+    """N processes: mmengine's pytorch launcher (more than one), 2 images per process, the lr given for 16
+    images scaled by mmengine's auto_scale_lr; NCCL and SyncBN on GPUs, gloo and BN on CPUs."""
+    run = run_of(shipped, "coco", "lora", "coco2017")
+    cfg = build_config(run, [f"c{i}" for i in range(80)], work_dir=tmp_path, device=device, processes=processes)
+    assert cfg["launcher"] == ("pytorch" if processes > 1 else "none")
+    assert cfg["train_dataloader"]["batch_size"] == 2
+    assert cfg["auto_scale_lr"] == {"enable": True, "base_batch_size": 16}
+    assert cfg["env_cfg"]["dist_cfg"]["backend"] == ("nccl" if device == "cuda" else "gloo")
+    norms = {h["norm_cfg"]["type"] for h in cfg["model"]["roi_head"]["bbox_head"]}
+    assert norms == {"SyncBN" if processes > 1 and device == "cuda" else "BN"}
+    wrapper = cfg.get("model_wrapper_cfg")
+    if processes == 1:
+        assert wrapper is None
+    else:  # a CPU module takes no device_ids; on GPUs mmengine passes LOCAL_RANK
+        assert wrapper["type"] == "MMDistributedDataParallel" and ("device_ids" in wrapper) == (device == "cpu")
+    plan = batch_plan(run, processes)
+    assert plan["global_batch"] == 2 * processes and plan["lr_scale"] == pytest.approx(2 * processes / 16)
+    assert plan["lr"] == pytest.approx(run["training"]["lr"] * 2 * processes / 16)
+
+
+def test_processes_follow_the_jobs_gpus(shipped, monkeypatch):
+    import torch
+
+    from vpeft.dense.launch import process_count
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    run = run_of(shipped, "coco", "lora", "coco2017")
+    assert process_count(run, "cuda", gpus=4) == 4  # what the job asked for, of the visible ones
+    assert process_count(run, "cuda", gpus=None) == 8 and process_count(run, "cuda", gpus=0) == 1
+    assert process_count(run, "cpu", gpus=4) == 1  # no GPU: one process unless data.processes says more
+    run["data"] = dict(run["data"], processes=2)
+    assert process_count(run, "cpu") == 2 and process_count(run, "cuda", gpus=8) == 2
+    run["data"]["processes"] = 9
+    with pytest.raises(ConfigError, match="data.processes = 9 but only 8 GPU"):
+        process_count(run, "cuda")
+
+
+def test_process_options_are_validated(shipped, tmp_path):
+    with pytest.raises(ConfigError, match="processes must be a positive integer"):
+        RecipeOptions.from_dict({"processes": 0})
+    with pytest.raises(ConfigError, match="images_per_process must be a positive integer"):
+        RecipeOptions.from_dict({"images_per_process": 1.5})
+    run = run_of(shipped, "coco-mini", "lora", "shapes")
+    run["data"] = dict(run["data"], norm="SyncBN")
+    with pytest.raises(ConfigError, match="SyncBN needs GPUs"):
+        build_config(run, ["a", "b", "c"], work_dir=tmp_path, processes=2)
 
 
 def test_image_suites_are_not_dense_runs(shipped):

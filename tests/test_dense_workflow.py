@@ -56,6 +56,10 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     assert coco["params"]["trainable_with_head"] > coco["params"]["trainable"]
     assert coco["train"]["peak_memory_mb"] > 0 and 0 < coco["train"]["images"] <= 2 * 12  # 2 epochs of 12 images
     assert coco["provenance"]["packages"]["mmdet"] == "3.3.0"
+    # the job asks for no GPU: one process without a launcher, the suite's batch and lr unscaled
+    dist = coco["train"]["distributed"]
+    assert (dist["processes"], dist["launcher"], dist["global_batch"], dist["lr_scale"]) == (1, "none", 4, 1.0)
+    assert dist["lr_used"] == pytest.approx(coco["config"]["training"]["lr"])
     assert coco["config"]["checkpoint_sha256"] == yaml.safe_load((ROOT / "config/config.yaml").read_text())[
         "backbones"]["swin-demo"]["sha256"]
     assert (tmp_path / "results/coco-mini/lora/shapes/seed-42/config.py").is_file()

@@ -1,4 +1,5 @@
-"""Snakemake script: train and evaluate one dense run with mmdet / mmseg (see vpeft.dense.train)."""
+"""Snakemake script: train and evaluate one dense run with mmdet / mmseg (see vpeft.dense.train), one
+process per GPU of the job (torchrun + mmengine's pytorch launcher when there are several)."""
 
 import sys
 from pathlib import Path
@@ -10,5 +11,5 @@ from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
 metrics = run_dense_training(snakemake.params.run, snakemake.output.metrics, index_path=snakemake.input.index,
-                             threads=snakemake.threads)
+                             threads=snakemake.threads, gpus=snakemake.resources.get("gpu"))
 console(finished_run_line(metrics))

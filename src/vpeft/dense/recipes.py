@@ -50,7 +50,13 @@ class RecipeOptions:
     max_iters: iterations of iteration-based recipes (UperNet); epochs come from `training.epochs`.
     repeat: times the training set is repeated per epoch (VOC: 3).
     roi_samples: RoIs sampled per image for the box heads (512); rpn_proposals: proposals kept (2000).
-    norm: norm layer of the heads (BN on one device; SyncBN as the papers on several).
+    norm: norm layer of the heads (BN, SyncBN; default: SyncBN as the papers when several GPU processes
+        train, else BN; SyncBN needs GPUs).
+    processes: data-parallel processes on one node (default: the job's GPUs, 1 without a GPU); set it to
+        run several CPU processes (gloo), e.g. to test the multi-process path.
+    images_per_process: training images per process and step (the papers: 2 per GPU); the global batch
+        is images_per_process x processes and the lr, given for `training.batch_size` images, is
+        scaled linearly to it (mmengine's auto_scale_lr).
     amp: mixed precision on a GPU (the papers' fp16); ignored on CPU.
     log_interval: iterations between log lines.
     checkpoint_interval: epochs (or iterations) between resumable checkpoints; null: none.
@@ -69,7 +75,9 @@ class RecipeOptions:
     repeat: int | None = None
     roi_samples: int | None = None
     rpn_proposals: int | None = None
-    norm: str = "BN"
+    norm: str | None = None
+    processes: int | None = None
+    images_per_process: int = 2
     amp: bool = True
     log_interval: int = 50
     checkpoint_interval: int | None = 1
@@ -81,8 +89,12 @@ class RecipeOptions:
         if unknown:
             raise ConfigError(f"{where}: unknown dense recipe option(s) {unknown}; valid: {', '.join(sorted(known))}")
         options = cls(**values)
-        if options.norm not in ("BN", "SyncBN"):
+        if options.norm not in (None, "BN", "SyncBN"):
             raise ConfigError(f"{where}.norm must be BN or SyncBN, got {options.norm!r}")
+        for key in ("processes", "images_per_process"):
+            value = getattr(options, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{where}.{key} must be a positive integer, got {value!r}")
         return options
 
 
@@ -381,10 +393,30 @@ def upernet(run: dict, classes: list[str], opts: RecipeOptions, base_dir: str, d
 RECIPES = {"cascade-mask-rcnn": cascade_mask_rcnn, "retinanet": retinanet, "upernet": upernet}
 
 
+def recipe_options(run: dict) -> RecipeOptions:
+    return RecipeOptions.from_dict(dict(run.get("data", {})), f"suites.{run['suite']}.data")
+
+
+def batch_plan(run: dict, processes: int) -> dict:
+    """Per-process and global batch and the linear lr scale that mmengine's auto_scale_lr applies: the
+    config's lr is given for `training.batch_size` images per step (the papers': 8 GPUs x 2 = 16)."""
+    per_process = recipe_options(run).images_per_process
+    base = int(run["training"]["batch_size"])
+    lr = float(run["training"]["lr"])
+    scale = per_process * processes / base
+    return {"processes": processes, "images_per_process": per_process, "global_batch": per_process * processes,
+            "base_batch_size": base, "lr_scale": scale, "base_lr": lr, "lr": lr * scale}
+
+
 def build_config(run: dict, classes: list[str], *, work_dir: str | Path, base_dir: str | Path = ".",
-                 device: str = "cpu") -> dict:
-    """The complete mmengine config of one dense run (model, data, schedule, evaluator, runtime)."""
-    opts = RecipeOptions.from_dict({k: v for k, v in run.get("data", {}).items()}, f"suites.{run['suite']}.data")
+                 device: str = "cpu", processes: int = 1) -> dict:
+    """The complete mmengine config of one dense run (model, data, schedule, evaluator, runtime) for
+    `processes` data-parallel processes on one node (more than one: mmengine's `pytorch` launcher)."""
+    opts = recipe_options(run)
+    if opts.norm is None:  # the papers' SyncBN across GPUs; SyncBatchNorm has no CPU kernels
+        opts = dataclasses.replace(opts, norm="SyncBN" if processes > 1 and device == "cuda" else "BN")
+    elif opts.norm == "SyncBN" and processes > 1 and device != "cuda":
+        raise ConfigError(f"suites.{run['suite']}.data.norm: SyncBN needs GPUs; use BN for {processes} CPU processes")
     recipe = opts.recipe or run["dense"]["recipe"]
     if recipe not in RECIPES:
         raise ConfigError(f"suites.{run['suite']}.data.recipe: unknown dense recipe {recipe!r}; valid: "
@@ -407,14 +439,24 @@ def build_config(run: dict, classes: list[str], *, work_dir: str | Path, base_di
             "sampler_seed": {"type": "DistSamplerSeedHook"},
         },
         "env_cfg": {"cudnn_benchmark": False, "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},
-                    "dist_cfg": {"backend": "nccl"}},
+                    "dist_cfg": {"backend": "nccl" if device == "cuda" else "gloo"}},
         "log_processor": {"type": "LogProcessor", "window_size": 50, "by_epoch": by_epoch},
         "log_level": "INFO",
         "randomness": {"seed": int(run["seed"]), "deterministic": False},
-        "launcher": "none",
+        "launcher": "pytorch" if processes > 1 else "none",
         "resume": bool(interval),
         "load_from": None,
+        # the lr is given for training.batch_size images per step; mmengine scales it to
+        # images_per_process x processes (linear scaling rule) and logs the factor
+        "auto_scale_lr": {"enable": True, "base_batch_size": int(run["training"]["batch_size"])},
     })
+    cfg["train_dataloader"]["batch_size"] = int(opts.images_per_process)
+    if processes > 1:
+        # frozen backbones and heads without positives leave parameters without gradients in some steps;
+        # a CPU module takes no device_ids
+        cfg["model_wrapper_cfg"] = {"type": "MMDistributedDataParallel", "broadcast_buffers": False,
+                                    "find_unused_parameters": True,
+                                    **({} if device == "cuda" else {"device_ids": None})}
     return cfg
 
 

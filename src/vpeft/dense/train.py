@@ -12,6 +12,11 @@ backbone before evaluation, as in the image track. A non-finite loss stops the r
 iteration. With checkpoints on (`data.checkpoint_interval`, the real suites), training state goes to
 `checkpoint/` beside metrics.json and a rerun with the same settings resumes from it.
 
+Processes: one per GPU of the job (`vpeft.dense.launch`); with several, torchrun starts
+`vpeft.dense.worker` per rank, mmengine's `pytorch` launcher wraps the model in DDP, each rank trains on
+its shard with `data.images_per_process` images per step and the lr is scaled to the global batch by
+mmengine's `auto_scale_lr` (`train.distributed` records how). Rank 0 alone writes the results.
+
 metrics.json (schema vpeft.run/1, as the image track): `metric` is the task's primary metric as a
 fraction (COCO box AP, VOC box AP@0.5, ADE20K mIoU) and `metrics` holds all of them; `params.trainable`
 counts the backbone's method parameters only (neck and heads excluded, as the dense papers count),
@@ -136,12 +141,33 @@ def _counts(model) -> dict:
 
 
 def run_dense_training(values: dict, metrics_path: str | Path, *, index_path: str | Path, threads: int = 1,
-                       base_dir: str | Path = ".", device: str | None = None) -> dict:
-    """Train, evaluate, and write `metrics_path` atomically; a run that raises leaves `failed.json`."""
+                       base_dir: str | Path = ".", device: str | None = None, gpus: int | None = None) -> dict:
+    """Train, evaluate, and write `metrics_path` atomically; a run that raises leaves `failed.json`.
+
+    One process per GPU of the job (`gpus`, see `vpeft.dense.launch.process_count`): one trains here,
+    several are started by torchrun and only rank 0 writes the result."""
+    from .launch import launch, process_count
+
     metrics_path = Path(metrics_path)
     failure = metrics_path.with_name(FAILURE_RECORD)
     try:
-        metrics = _train_and_evaluate(values, metrics_path, Path(index_path), threads, base_dir, device)
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        processes = process_count(values, device, gpus)
+        work_dir = _prepare_work_dir(values, metrics_path, processes)
+        if processes == 1:
+            metrics = train_and_evaluate(values, metrics_path, Path(index_path), threads, base_dir, device, work_dir)
+        else:
+            staged = work_dir / "metrics.rank0.json"
+            staged.unlink(missing_ok=True)
+            spec = {"run": values, "metrics": str(metrics_path), "write_to": str(staged), "index": str(index_path),
+                    "threads": threads, "base_dir": str(base_dir), "device": device, "work_dir": str(work_dir)}
+            launch(spec, work_dir / "launch.json", processes, threads)
+            metrics = json.loads(staged.read_text())
+            staged.replace(metrics_path)  # every rank finished: the result becomes the run's
+        shutil.rmtree(work_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     except Exception as err:
         atomic_write_json(failure, {"schema": RUN_SCHEMA, "status": "failed",
                                     **{k: values.get(k) for k in ("suite", "task", "method", "seed")},
@@ -151,31 +177,54 @@ def run_dense_training(values: dict, metrics_path: str | Path, *, index_path: st
     return metrics
 
 
-def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads: int, base_dir, device) -> dict:
-    import torch
+def _run_fingerprint(run: dict, processes: int) -> str:
+    # the global batch (and so the schedule's lr) depends on the processes: no resume across counts
+    return _fingerprint(run if processes == 1 else {**run, "processes": processes})
 
-    from ..provenance import package_versions, provenance
-    from .datasets import read_dense_index
-    from .recipes import build_config, write_config
 
-    torch.set_num_threads(max(1, int(threads)))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    protocol = run["protocol"]
-    index = read_dense_index(index_path, [protocol["train_split"], protocol["eval_split"]])
-    classes = index.get("classes") or _toolbox_classes(run)
+def _prepare_work_dir(run: dict, metrics_path: Path, processes: int) -> Path:
+    """checkpoint/ beside the result, emptied when it holds another run's state (resume otherwise)."""
     work_dir = metrics_path.parent / CHECKPOINT_DIR
-    fingerprint = _fingerprint(run)
+    fingerprint = _run_fingerprint(run, processes)
     stamp = work_dir / "fingerprint.txt"
     if work_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != fingerprint):
         log.warning("%s holds another run's state; starting from scratch", work_dir)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(stamp, fingerprint.encode())
+    return work_dir
 
-    cfg = build_config(run, classes, work_dir=work_dir, base_dir=base_dir, device=device)
-    config_text = _config_text(cfg, metrics_path.parent / "config.py", write_config)
+
+def train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads: int, base_dir, device: str,
+                       work_dir: Path, processes: int = 1, write_to: Path | None = None) -> dict | None:
+    """Train and evaluate in this process (one rank of `processes`); rank 0 writes the trained tensors and
+    config.py beside `metrics_path`, the metrics to `write_to` (default `metrics_path`), and returns
+    them; the other ranks return None."""
+    import torch
+
+    from ..provenance import package_versions, provenance
+    from .datasets import read_dense_index
+    from .recipes import batch_plan, build_config, write_config
+
+    rank = torch.distributed.get_rank() if processes > 1 else 0
+    torch.set_num_threads(max(1, int(threads) // processes))
+    protocol = run["protocol"]
+    index = read_dense_index(index_path, [protocol["train_split"], protocol["eval_split"]])
+    classes = index.get("classes") or _toolbox_classes(run)
+    fingerprint = _run_fingerprint(run, processes)
+
+    cfg = build_config(run, classes, work_dir=work_dir, base_dir=base_dir, device=device, processes=processes)
+    config_text = _config_text(cfg, metrics_path.parent / "config.py", write_config) if rank == 0 else None
+    plan = batch_plan(run, processes)
+    if rank == 0:
+        log.info("%d process(es) (%s) x %d images = global batch %d; the lr %.3g is given for batch %d, "
+                 "scaled x%.4g to %.3g (mmengine auto_scale_lr, linear rule)", processes,
+                 cfg["env_cfg"]["dist_cfg"]["backend"] if processes > 1 else "no launcher",
+                 plan["images_per_process"], plan["global_batch"], plan["base_lr"], plan["base_batch_size"],
+                 plan["lr_scale"], plan["lr"])
 
     from mmengine.config import Config
+    from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
 
     from . import backbone  # noqa: F401  (registers VPeftSwin with mmdet and mmseg)
@@ -183,7 +232,7 @@ def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads
     log.info("%s/%s/%s seed %d: building the %s runner", run["suite"], run["method"], run["task"], run["seed"],
              run["dense"]["recipe"])
     runner = Runner.from_cfg(Config(cfg))
-    model = runner.model
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     counts = _counts(model)
     applied = model.backbone.applied
     log.info("backbone method %s: %d trainable parameters (neck and heads: %d more)", run["method"],
@@ -194,18 +243,23 @@ def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads
         torch.cuda.reset_peak_memory_stats()
     runner.train()
     peak, peak_kind = _peak_memory_mb(device)
+    # the lr the optimizer started from, after auto_scale_lr (the schedulers record it)
+    plan["lr_used"] = float(runner.optim_wrapper.optimizer.param_groups[0].get("initial_lr", math.nan))
 
     # The backbone's method tensors, its output norms, the neck and the heads (the whole trained part),
     # kept before merging and before metrics.json; config.py beside them rebuilds the detector.
-    save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, applied.method, run=run,
-                         checkpoint_sha=model.backbone.checkpoint_sha256, fingerprint=fingerprint,
-                         extra={"track": "dense", "mmengine_config": "config.py"})
+    if rank == 0:
+        save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, applied.method, run=run,
+                             checkpoint_sha=model.backbone.checkpoint_sha256, fingerprint=fingerprint,
+                             extra={"track": "dense", "mmengine_config": "config.py"})
     mergeable = bool(applied.method.mergeable)
-    if mergeable:  # evaluate the plain architecture with the update folded in
+    if mergeable:  # evaluate the plain architecture with the update folded in (on every rank)
         applied.merge_and_unload()
     start = time.perf_counter()
-    results = runner.test()
+    results = runner.test()  # every rank evaluates its shard; rank 0 gathers and computes the metrics
     eval_seconds = time.perf_counter() - start
+    if rank != 0:
+        return None
     metrics = _toolbox_metrics(results)
     notes = []
     primary = run["dense"]["metric"]
@@ -233,9 +287,14 @@ def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads
         "matched_modules": applied.matched,
         "train": {
             "epochs": cfg["train_cfg"].get("max_epochs"), "iterations": runner.iter,
-            "images": record.images, "images_per_second": record.images / max(record.seconds, 1e-9),
+            # the sampler gives every rank the same number of images; rank 0 counted its own
+            "images": record.images * processes,
+            "images_per_second": record.images * processes / max(record.seconds, 1e-9),
             "wall_seconds": record.seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
             "final_loss": record.history[-1]["loss"] if record.history else math.nan, "history": record.history,
+            "loss_of": "rank 0's batches" if processes > 1 else "all batches",
+            "distributed": {**plan, "launcher": cfg["launcher"],
+                            "backend": cfg["env_cfg"]["dist_cfg"]["backend"] if processes > 1 else None},
         },
         "eval": {"split": protocol["eval_split"], "num_images": eval_images, "wall_seconds": eval_seconds,
                  "merged": mergeable, "evaluator": cfg["test_evaluator"]["type"], "raw": _plain(results), "notes": notes},
@@ -244,8 +303,7 @@ def _train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads
                    "mmengine_config_sha256": hashlib.sha256(config_text.encode()).hexdigest()},
         "provenance": prov,
     }
-    atomic_write_json(metrics_path, out)
-    shutil.rmtree(work_dir, ignore_errors=True)  # the run is complete: nothing left to resume
+    atomic_write_json(write_to or metrics_path, out)
     return out
 
 
