@@ -102,3 +102,15 @@ def test_a_failing_rank_fails_the_run_and_the_rerun_resumes(vtab_task, tmp_path,
     a, b = load_file(tmp_path / "one" / TRAINED_TENSORS), load_file(out.parent / TRAINED_TENSORS)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_loader_workers_default_from_the_jobs_cpus_on_a_gpu_only():
+    from vpeft.engine.build import TrainingConfig
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = TrainingConfig()
+    assert [auto.loader_workers_on(cuda, t) for t in (1, 2, 8, 64)] == [0, 1, 7, 16]
+    assert auto.loader_workers_on(cpu, 8) == 0 and auto.eval_workers_on(cuda, 8) == 7
+    assert TrainingConfig(num_workers=3).loader_workers_on(cpu, 1) == 3
+    with pytest.raises(ValueError, match="training.num_workers"):
+        TrainingConfig(num_workers="many")
