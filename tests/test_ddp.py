@@ -1,8 +1,9 @@
 """Data-parallel runs (vpeft.engine.ddp) on CPU: gloo, 2 processes under torchrun, the toy ViT.
 
-The equivalence tolerance: 2 ranks each back-propagate their half of a batch and DDP all-reduces the
-two gradients, so the batch's gradient is summed in another order than one process sums it; float32
-rounding differs at ~1e-7 relative per step, which AdamW's few steps here carry to ~1e-6 in the tensors.
+The equivalence tolerance (trained tensors within 1e-6 + 1e-5 relative, losses within 1e-6 relative; the
+metric exactly): 2 ranks each back-propagate their share of a batch and DDP all-reduces the two
+gradients, so each batch's gradient is summed in another order than one process sums it, and float32
+rounds differently (measured here: at most 2e-8 apart in the trained tensors, 4e-8 relative in the loss).
 """
 
 from __future__ import annotations
@@ -53,17 +54,21 @@ def test_processes_follow_the_gpus_unless_set():
 
 @pytest.mark.slow
 def test_two_processes_of_half_the_batch_end_where_one_process_does(vtab_task, tmp_path):
+    """The 2 ranks take the device-resident path (`data_on_device`, sharded the same way; the failure test
+    below covers the DataLoader path), the one process the DataLoader: the batches are the same."""
     one = run_training(_values(vtab_task), tmp_path / "one" / "metrics.json")
-    two = run_training(_values(vtab_task), tmp_path / "two" / "metrics.json", processes=2, backend="gloo", threads=2)
+    two = run_training(_values(vtab_task, data_on_device=True), tmp_path / "two" / "metrics.json", processes=2,
+                       backend="gloo", threads=2)
     assert two["train"]["processes"] == 2 and one["train"]["processes"] == 1
+    assert (two["train"]["data_path"], one["train"]["data_path"]) == ("device", "loader")
     assert two["metric"] == one["metric"] and two["eval"]["num_images"] == one["eval"]["num_images"] == 10
     assert two["train"]["images"] == one["train"]["images"] == 2 * 16
     assert [h["loss"] for h in two["train"]["history"]] == pytest.approx([h["loss"] for h in one["train"]["history"]],
-                                                                          rel=1e-5)
+                                                                          rel=1e-6)
     a, b = load_file(tmp_path / "one" / TRAINED_TENSORS), load_file(tmp_path / "two" / TRAINED_TENSORS)
     assert a.keys() == b.keys() and a
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text()) == two  # written once, by rank 0
     assert not (tmp_path / "two" / CHECKPOINT_DIR).exists() and not (tmp_path / "two" / FAILURE_RECORD).exists()
 
@@ -98,10 +103,10 @@ def test_a_failing_rank_fails_the_run_and_the_rerun_resumes(vtab_task, tmp_path,
     whole = run_training(values, tmp_path / "one" / "metrics.json")
     assert resumed["metric"] == whole["metric"]
     assert [h["loss"] for h in resumed["train"]["history"]] == pytest.approx(
-        [h["loss"] for h in whole["train"]["history"]], rel=1e-5)
+        [h["loss"] for h in whole["train"]["history"]], rel=1e-6)
     a, b = load_file(tmp_path / "one" / TRAINED_TENSORS), load_file(out.parent / TRAINED_TENSORS)
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_loader_workers_default_from_the_jobs_cpus_on_a_gpu_only():
