@@ -45,6 +45,9 @@ def test_shipped_config_is_valid(config, methods):
     (("suites", "vtab", "tasks", "dtd", "group"), "nature", r"'suites\.vtab\.tasks\.dtd\.group'"),
     (("backbones", "vit-demo", "sha256"), "xyz", r"'backbones\.vit-demo\.sha256'"),
     (("training", "learning_rate"), 0.1, r"'training'.*learning_rate"),
+    (("distributed", "processes"), 0, r"'distributed\.processes'"),
+    (("distributed", "backend"), "mpi", r"'distributed\.backend'"),
+    (("training", "num_workers"), "many", r"'training\.num_workers'"),
 ])
 def test_schema_errors_name_the_key(config, path, value, message):
     bad = copy.deepcopy(config)

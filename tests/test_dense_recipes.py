@@ -169,7 +169,10 @@ def test_processes_follow_the_jobs_gpus(shipped, monkeypatch):
     assert process_count(run, "cuda", gpus=4) == 4  # what the job asked for, of the visible ones
     assert process_count(run, "cuda", gpus=None) == 8 and process_count(run, "cuda", gpus=0) == 1
     assert process_count(run, "cpu", gpus=4) == 1  # no GPU: one process unless data.processes says more
+    # config `distributed.processes` (shared with image and video runs) when it is a number
+    assert process_count(run, "cpu", gpus=4, setting=3) == 3 and process_count(run, "cuda", 4, "auto") == 4
     run["data"] = dict(run["data"], processes=2)
+    assert process_count(run, "cpu", setting=3) == 2  # the suite's own setting wins
     assert process_count(run, "cpu") == 2 and process_count(run, "cuda", gpus=8) == 2
     run["data"]["processes"] = 9
     with pytest.raises(ConfigError, match="data.processes = 9 but only 8 GPU"):

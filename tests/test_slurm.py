@@ -3,10 +3,11 @@
 The test installs Debian's SLURM (slurm-wlm, slurmdbd, munge) and MariaDB (for slurmdbd, without which
 `sacct` sees nothing) with apt when they are missing, starts private instances of munged, MariaDB,
 slurmdbd, slurmctld and slurmd on free localhost ports under a temporary folder (nothing system-wide
-is configured or restarted), runs the smoke config through the cluster profile unchanged (the node
-declares 64 CPUs, 256 GB and 4 GPUs, stand-in character devices, so the profile's per-rule
-requests, `--gres=gpu:1` for training included, are scheduled as written), and checks that the
-workflow completed and that its jobs are in `sacct`. It skips, saying why, where it cannot install or
+is configured or restarted), runs the smoke config (one task) through the cluster profile unchanged (the
+node declares 64 CPUs, 256 GB and 4 GPUs, stand-in character devices, so the per-rule requests, GPUs
+for training included, are scheduled as written), and checks that the workflow completed and that its
+jobs are in `sacct`. The scratch control's run asks for 2 GPUs and 2 CPUs: it trains as a 2-process
+data-parallel job (torchrun, gloo on the CPUs, as config `distributed.processes: auto` follows the GPUs). It skips, saying why, where it cannot install or
 start SLURM (not root, no apt, a daemon that does not come up).
 
 The cluster's config is found through SLURM_CONF (nothing is written to /etc/slurm). The executor
@@ -17,6 +18,7 @@ runs the real srun. Clusters configured the usual way (/etc/slurm or configless)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -27,7 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.configs import smoke_config
+import yaml
+from helpers.configs import smoke_config, write_config
 from helpers.snake import ROOT, SNAKEMAKE
 
 pytestmark = pytest.mark.slow
@@ -188,6 +191,18 @@ def cluster(tmp_path_factory):
         cl.stop()
 
 
+def _cluster_config(folder: Path) -> Path:
+    """The smoke config on one task; the suites ask for GPUs as real ones would (the embedded suite asks
+    for none), the scratch control for 2 GPUs and 2 CPUs: a 2-process data-parallel run."""
+    path = smoke_config(folder)
+    config = yaml.safe_load(path.read_text())
+    mini = config["suites"]["vtab-mini"]
+    mini["tasks"] = {"digits": mini["tasks"]["digits"]}
+    mini["job_resources"] = {"gpus": 1, "cpus": 1, "mem_mb": 4000, "runtime": 60}
+    config["suites"]["vtab-mini-scratch"]["job_resources"] = {"gpus": 2, "cpus": 2, "mem_mb": 4000, "runtime": 60}
+    return write_config(config, path)
+
+
 def test_smoke_run_through_the_slurm_profile_with_jobs_in_sacct(cluster, tmp_path):
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     shim = tmp_path / "bin" / "srun"
@@ -196,23 +211,29 @@ def test_smoke_run_through_the_slurm_profile_with_jobs_in_sacct(cluster, tmp_pat
     shim.chmod(0o755)
     env = dict(cluster.env, PATH=f"{shim.parent}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     cmd = [*SNAKEMAKE, "--profile", str(ROOT / "profiles/slurm"), "--directory", str(tmp_path),
-           "--configfile", str(smoke_config(tmp_path)), "--slurm-init-seconds-before-status-checks", "2",
-           "--seconds-between-status-checks", "3", "--latency-wait", "5",
-           "--set-threads", "train_run=1", "select_parameters=1",  # 2 real cores: one torch thread per run
-           # the embedded suite asks for no GPU (config job_resources); on the command line, as a user would
-           "--set-resources", "train_run:gpu=1", "select_parameters:gpu=1"]
+           "--configfile", str(_cluster_config(tmp_path)), "--slurm-init-seconds-before-status-checks", "2",
+           "--seconds-between-status-checks", "3", "--latency-wait", "5"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert (tmp_path / "reports/index.html").is_file()
     assert (tmp_path / "results/vtab-mini/lora/digits/seed-42/metrics.json").is_file()
 
     sacct = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "--starttime", started,
-                            "--format=JobIDRaw,State,Comment%200,ReqTRES%200"],
+                            "--format=JobIDRaw,State,Comment%200,ReqTRES%200,AllocCPUS"],
                            capture_output=True, text=True, env=cluster.env, timeout=60)
     assert sacct.returncode == 0, sacct.stderr
     jobs = [line.split("|") for line in sacct.stdout.splitlines() if line.strip()]
-    assert jobs and all(state == "COMPLETED" for _, state, _, _ in jobs), sacct.stdout
-    train = [job for job in jobs if "train_run" in job[2]]
-    assert len(train) == 6, sacct.stdout  # (linear, lora) x 2 tasks + the scratch control's linear x 2
-    assert all("gres/gpu=1" in job[3] for job in train), sacct.stdout  # one GPU per training job (--gpus=1)
+    assert jobs and all(state == "COMPLETED" for _, state, _, _, _ in jobs), sacct.stdout
+    train = {job[2]: job for job in jobs if "train_run" in job[2]}
+    assert len(train) == 3, sacct.stdout  # linear, lora + the scratch control's linear, on one task
+    ddp = [job for comment, job in train.items() if "vtab-mini-scratch" in comment]
+    assert len(ddp) == 1, sacct.stdout
+    _, _, _, tres, cpus = ddp[0]
+    assert "gres/gpu=2" in tres and "cpu=2" in tres and cpus == "2", sacct.stdout  # COMPLETED with what it asked
+    assert all("gres/gpu=1" in job[3] for job in train.values() if job is not ddp[0]), sacct.stdout
     assert any("check_task_data" in job[2] for job in jobs), sacct.stdout
+    # ... and it did train as 2 ranks: the metrics say so, and both ranks wrote to the job's log
+    run = "vtab-mini-scratch/linear/digits/seed-42"
+    assert json.loads((tmp_path / "results" / run / "metrics.json").read_text())["train"]["processes"] == 2
+    log = (tmp_path / "logs/train" / f"{run}.log").read_text()
+    assert "[rank 0]" in log and "[rank 1]" in log, log[-3000:]

@@ -230,3 +230,19 @@ def test_a_video_that_breaks_after_the_check_fails_the_run_naming_it(mini_task, 
     with pytest.raises(VideoReadError, match="000002.mp4"):
         for i in range(len(train)):
             train[i]
+
+
+def test_clips_decode_in_dataloader_worker_processes(mini_task):
+    """decord runs in the workers (training.num_workers > 0, persistent): the test views they decode
+    equal the training process's own, and the training clips come through whole."""
+    from torch.utils.data import DataLoader
+
+    layout = get_layout("video-csv")
+    spec = SimpleNamespace(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    evaluation = layout.eval_dataset(_run(mini_task, test_clips=2), spec, None)
+    inline = [x for x, _ in DataLoader(evaluation, batch_size=4)]
+    loader = DataLoader(evaluation, batch_size=4, num_workers=2, persistent_workers=True)
+    for _ in range(2):  # persistent workers serve a second epoch too
+        assert all(torch.equal(a, b) for a, (b, _) in zip(inline, loader, strict=True))
+    train = DataLoader(layout.train_dataset(_run(mini_task), spec, None), batch_size=6, num_workers=2)
+    assert [tuple(clips.shape) for clips, _ in train] == [(6, 3, 4, 32, 32)] * 3

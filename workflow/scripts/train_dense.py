@@ -11,5 +11,6 @@ from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
 log_to_file(snakemake.log[0])
 metrics = run_dense_training(snakemake.params.run, snakemake.output.metrics, index_path=snakemake.input.index,
-                             threads=snakemake.threads, gpus=snakemake.resources.get("gpu"))
+                             threads=snakemake.threads, gpus=snakemake.resources.get("gpu"),
+                             processes_setting=(snakemake.config.get("distributed") or {}).get("processes", "auto"))
 console(finished_run_line(metrics))

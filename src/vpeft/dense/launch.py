@@ -32,10 +32,11 @@ class WorkerFailed(RuntimeError):
     """A rank of a multi-process dense run failed; the message is that rank's error."""
 
 
-def process_count(run: dict, device: str, gpus: int | None = None) -> int:
-    """Processes of one run: the suite's `data.processes`, else one per GPU of the job (`gpus`: what the
-    job asked for, None: all visible), else 1 on a CPU."""
-    explicit = recipe_options(run).processes
+def process_count(run: dict, device: str, gpus: int | None = None, setting: int | str = "auto") -> int:
+    """Processes of one run: the suite's `data.processes`, else config `distributed.processes` (`setting`,
+    shared with the image and video runs) when it is a number, else one per GPU of the job (`gpus`: what
+    the job asked for, None: all visible), else 1 on a CPU."""
+    explicit = recipe_options(run).processes or (None if setting == "auto" else int(setting))
     if device != "cuda":
         return explicit or 1
     import torch

@@ -154,7 +154,8 @@ def _epoch_schedule(run: dict, opts: RecipeOptions, milestones_default: list, wa
 def _loaders(run: dict, train_set: dict, test_set: dict, sampler: str = "DefaultSampler",
              batch_sampler: dict | None = None) -> tuple[dict, dict]:
     t = run["training"]
-    workers = int(t.get("num_workers", 0))
+    workers = t.get("num_workers", 0)
+    workers = 0 if workers == "auto" else int(workers)  # dense suites set their own; the image default is auto
     train = {"batch_size": int(t["batch_size"]), "num_workers": workers, "persistent_workers": workers > 0,
              "sampler": {"type": sampler, "shuffle": True}, "dataset": train_set}
     if batch_sampler:

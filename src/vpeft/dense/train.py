@@ -141,7 +141,8 @@ def _counts(model) -> dict:
 
 
 def run_dense_training(values: dict, metrics_path: str | Path, *, index_path: str | Path, threads: int = 1,
-                       base_dir: str | Path = ".", device: str | None = None, gpus: int | None = None) -> dict:
+                       base_dir: str | Path = ".", device: str | None = None, gpus: int | None = None,
+                       processes_setting: int | str = "auto") -> dict:
     """Train, evaluate, and write `metrics_path` atomically; a run that raises leaves `failed.json`.
 
     One process per GPU of the job (`gpus`, see `vpeft.dense.launch.process_count`): one trains here,
@@ -155,7 +156,7 @@ def run_dense_training(values: dict, metrics_path: str | Path, *, index_path: st
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        processes = process_count(values, device, gpus)
+        processes = process_count(values, device, gpus, processes_setting)
         work_dir = _prepare_work_dir(values, metrics_path, processes)
         if processes == 1:
             metrics = train_and_evaluate(values, metrics_path, Path(index_path), threads, base_dir, device, work_dir)

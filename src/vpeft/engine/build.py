@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     drop_path: float = 0.1
     train_aug: bool = False
-    num_workers: int = 0
+    num_workers: int | str = "auto"      # training DataLoader workers (auto: from the job's CPUs on a GPU, else 0)
     weight_decay_1d: bool = True
     optimizer: str = "adamw"              # adamw | sgd (with `momentum`)
     momentum: float = 0.9                 # SGD only
@@ -49,9 +48,9 @@ class TrainingConfig:
     precision: str = "auto"               # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16
     compile: bool = False                 # torch.compile the training forward
     compile_backend: str = "inductor"     # torch.compile backend (aot_eager: no code generation)
-    pin_memory: bool = False              # pinned host memory for the copy to a GPU (no effect on CPU)
+    pin_memory: bool = True               # pinned host memory for the copy to a GPU (no effect on CPU)
     data_on_device: bool | str = "auto"   # auto (on a GPU) | true | false: the training split as uint8 on the device
-    eval_workers: int | str = "auto"      # DataLoader workers streaming the eval split (auto: 8 on a GPU, else 0)
+    eval_workers: int | str = "auto"      # DataLoader workers streaming the eval split (auto: as num_workers)
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads a bare `off` as false (and `on` as true).
@@ -67,8 +66,10 @@ class TrainingConfig:
             raise ValueError(f"training.feature_cache_memory_mb must be >= 0, got {self.feature_cache_memory_mb!r}")
         if self.data_on_device not in ("auto", True, False):
             raise ValueError(f"training.data_on_device must be auto, true or false, got {self.data_on_device!r}")
-        if self.eval_workers != "auto" and not (isinstance(self.eval_workers, int) and self.eval_workers >= 0):
-            raise ValueError(f"training.eval_workers must be auto or an integer >= 0, got {self.eval_workers!r}")
+        for key in ("num_workers", "eval_workers"):
+            value = getattr(self, key)
+            if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"training.{key} must be auto or an integer >= 0, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingConfig:
@@ -86,10 +87,18 @@ class TrainingConfig:
     def data_on_device_on(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.data_on_device == "auto" else bool(self.data_on_device)
 
-    def eval_workers_on(self, device: torch.device) -> int:
+    def loader_workers_on(self, device: torch.device, threads: int) -> int:
+        """DataLoader worker processes of the training split. auto: on a GPU, the process's CPU threads
+        but one (which feeds the GPU), at most 16; on a CPU, 0: the model's forward and backward already
+        use every thread, and starting workers costs more than it saves on small splits."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        return min(16, max(0, int(threads) - 1)) if device.type == "cuda" else 0
+
+    def eval_workers_on(self, device: torch.device, threads: int = 1) -> int:
         if self.eval_workers != "auto":
             return int(self.eval_workers)
-        return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+        return max(1, min(16, int(threads) - 1)) if device.type == "cuda" else 0
 
 
 #: Training keys that cannot change a run's result (the cache is exact, pinning and loader workers only

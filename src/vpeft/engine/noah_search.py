@@ -132,7 +132,7 @@ def train_supernet(run_values: dict, out_path: str | Path, threads: int = 1, bas
     train_set, eval_set = run_datasets(run, spec, tc)
     shuffle_rng = torch.Generator().manual_seed(run.seed)
     train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
-                              num_workers=tc.num_workers)
+                              num_workers=tc.loader_workers_on(dev, threads))
     # NOAH trains every trainable tensor with weight decay, one group (whatever weight_decay_1d says).
     optimizer, scheduler = optimizer_and_schedule([{"params": [p for p in model.parameters() if p.requires_grad]}],
                                                   tc, dev)

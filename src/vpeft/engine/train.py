@@ -44,6 +44,7 @@ from .build import (  # noqa: F401  (RunConfig ... parameter_groups: also import
     set_up_torch,
 )
 from ..data.layouts import get_layout
+from .ddp import ShardedBatches, ShardedBatchSampler, World, eval_shard, launch
 from .device_data import DeviceBatches
 from .feature_cache import CacheInfo, FeatureCache, IndexDataset, build_cache, cache_keys, plan_cache
 from .selection import compute_selection, load_selection, selection_digest
@@ -63,7 +64,6 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
-@torch.no_grad()
 def evaluate(model, loader, device, *, views: int | None = None, autocast=None) -> tuple[float, int]:
     """Top-1 accuracy of `model` over `loader`.
 
@@ -71,6 +71,13 @@ def evaluate(model, loader, device, *, views: int | None = None, autocast=None) 
     batch is shaped (B, V, ...); the model sees all B*V views and each example's prediction is the
     argmax of its softmax probabilities averaged over its V views (clips x crops in video).
     """
+    correct, total = evaluate_counts(model, loader, device, views=views, autocast=autocast)
+    return correct / total, total
+
+
+@torch.no_grad()
+def evaluate_counts(model, loader, device, *, views: int | None = None, autocast=None) -> tuple[int, int]:
+    """(correct, total) of `evaluate`, as integers: shards of a split add up exactly."""
     model.eval()
     views = int(views if views is not None else getattr(loader.dataset, "views", 1) or 1)
     autocast = autocast or autocast_context(torch.device(device), "fp32")
@@ -87,9 +94,9 @@ def evaluate(model, loader, device, *, views: int | None = None, autocast=None) 
         else:
             with autocast():
                 scores = model(inputs)
-        correct += top1_accuracy(scores, labels) * labels.numel()
+        correct += round(top1_accuracy(scores, labels) * labels.numel())
         total += labels.numel()
-    return correct / total, total
+    return correct, total
 
 
 def _save_checkpoint(folder: Path, state: dict) -> None:
@@ -127,7 +134,8 @@ def with_searched_hparams(values: dict, search_result: str | Path) -> dict:
 
 
 def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, base_dir: str | Path = ".",
-                 device: str | None = None, selection_path: str | Path | None = None, on_epoch_end=None) -> dict:
+                 device: str | None = None, selection_path: str | Path | None = None, on_epoch_end=None,
+                 processes: int = 1, backend: str = "auto", find_unused_parameters: bool = False) -> dict:
     """Train, evaluate, and write `metrics_path` atomically. Returns the metrics dict.
 
     Every epoch the training state is saved to `checkpoint/` beside `metrics_path` (not a declared
@@ -140,7 +148,17 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
 
     `on_epoch_end(epoch, score)`, if given, is called after each epoch's checkpoint; `score()` returns
     the current (unmerged) model's top-1 on the protocol's eval split (a tuner's per-epoch report).
+
+    `processes > 1`: data-parallel training on one node under torchrun (`vpeft.engine.ddp.launch`),
+    `backend` nccl (GPUs) or gloo (CPUs; auto: nccl when CUDA is there); the job's threads are shared
+    out over the ranks. `find_unused_parameters` is DDP's, for methods that leave trainable tensors
+    out of some forward passes.
     """
+    if processes > 1:
+        if on_epoch_end is not None or device is not None:
+            raise ValueError("a data-parallel run takes neither on_epoch_end nor device (each rank uses its GPU)")
+        return launch(values, metrics_path, processes=processes, backend=backend, threads=threads, base_dir=base_dir,
+                      selection_path=selection_path, find_unused_parameters=find_unused_parameters)
     metrics_path = Path(metrics_path)
     failure = metrics_path.with_name(FAILURE_RECORD)
     try:
@@ -158,7 +176,7 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
 
 def train_epoch(model, forward, batches, optimizer, criterion, *, device, autocast, epoch: int,
                 non_blocking: bool = False, move_inputs: bool = True, where=lambda: "",
-                host_each_step: bool | None = None) -> dict:
+                host_each_step: bool | None = None, world: World = World(), global_size=None) -> dict:
     """One epoch of training: every batch of `batches` through `forward` (the model, or a cached or
     compiled form of it), cross-entropy, backward, optimizer step. Returns the epoch's mean loss,
     training top-1, image count and seconds. `epoch` (1-based) and `where()` name the place of a
@@ -167,7 +185,12 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
 
     On a GPU the per-step loss and hit count stay on the device and are read back once per epoch
     (a host sync per step would stall the GPU); the sums, and the step a non-finite loss names, are
-    the same as on a CPU, which reads them step by step (`host_each_step` overrides the choice)."""
+    the same as on a CPU, which reads them step by step (`host_each_step` overrides the choice).
+
+    Data-parallel (`world.size` N > 1, `batches` this rank's `ShardedBatches`, `forward` DDP-wrapped,
+    `global_size(step)` the size of the global batch): each rank backpropagates its share's summed loss
+    x N / (global batch size), so DDP's mean over the ranks is the gradient of the global batch's mean
+    loss; the returned sums are over all ranks."""
     model.train()
     if host_each_step is None:
         host_each_step = torch.device(device).type != "cuda"
@@ -189,11 +212,17 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
             inputs = inputs.to(device, non_blocking=non_blocking)
         with autocast():
             logits = forward(inputs)
-        loss = criterion(logits.float(), labels)
+        if world.distributed:
+            summed = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
+                                                       label_smoothing=criterion.label_smoothing)
+            to_backward = summed * (world.size / global_size(step))
+            loss = summed / max(labels.numel(), 1)
+        else:
+            loss = to_backward = criterion(logits.float(), labels)
         if host_each_step and not torch.isfinite(loss):
             add(step, loss.item(), 0, labels.numel())  # raises
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        to_backward.backward()
         optimizer.step()
         hits = (logits.detach().argmax(dim=1) == labels).sum()
         if host_each_step:
@@ -205,12 +234,16 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
         hit_counts = torch.stack([x[1] for x in on_device]).tolist()
         for step, (loss, hits, (_, _, n)) in enumerate(zip(losses, hit_counts, on_device)):
             add(step, loss, hits, n)
+    if world.distributed:
+        loss_sum, correct, count = world.sum(loss_sum, correct, count)
     return {"loss": loss_sum / count, "train_top1": correct / count, "images": count,
             "seconds": time.perf_counter() - start}
 
 
 def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir, device, selection_path,
-                        on_epoch_end=None) -> dict:
+                        on_epoch_end=None, *, world: World = World(), find_unused_parameters: bool = False) -> dict:
+    """The run in this process; under DDP (`world`, see vpeft.engine.ddp) one rank of it: rank 0 alone
+    writes checkpoints, trained tensors and metrics.json, every rank loads the checkpoint to resume."""
     run = RunConfig.from_dict(values)
     tc = TrainingConfig.from_dict(run.training)
     dev = set_up_torch(threads, device, compile=tc.compile)
@@ -229,21 +262,27 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     log.info("%s/%s/%s seed %d: method matched %d modules; trainable %d (+head %d)", run.suite, run.method,
              run.task, run.seed, len(applied.matched), counts["trainable"], counts["head"])
     model.to(dev)
+    if world.rank > 0:  # rank 0's model is broadcast by DDP; other ranks draw their own dropout/augmentation
+        seed_everything(run.seed + 1_000_003 * world.rank)
 
     precision = tc.precision_on(dev)
     autocast = autocast_context(dev, precision)
     pin = bool(tc.pin_memory and dev.type == "cuda")
     layout = get_layout(run.layout)
+    workers = tc.loader_workers_on(dev, threads)
     on_device = _uint8_split(layout, run, spec, tc, dev)
     if on_device is not None and not on_device.augment:
         train_set = on_device.normalized()  # what the layout's loader path holds, bit for bit
     else:
         train_set = layout.train_dataset(run, spec, tc)
     eval_set = layout.eval_dataset(run, spec, tc)
-    cache, cache_info = _feature_cache(model, method, run, spec, tc, train_set, dev, autocast, checkpoint_sha,
-                                       base_dir, pin, precision)
+    if world.distributed:  # the cache's forward bypasses the DDP wrapper, which must see every step
+        cache, cache_info = None, CacheInfo(used=False, reason="off in data-parallel runs")
+    else:
+        cache, cache_info = _feature_cache(model, method, run, spec, tc, train_set, dev, autocast, checkpoint_sha,
+                                           base_dir, pin, precision)
     shuffle_rng = torch.Generator().manual_seed(run.seed)
-    move_inputs = False
+    move_inputs, global_size = False, None
     if cache is not None:
         # Same sampler, same generator, same length: the loader draws the same index order as it
         # would over the images, and the step looks the features up by index.
@@ -252,17 +291,29 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         forward, data_path = functools.partial(cache.forward, model), "feature-cache"
     elif on_device is not None:
         train_batches = DeviceBatches(on_device, dev, tc.batch_size, shuffle_rng)
+        if world.distributed:
+            train_batches.order = ShardedBatches(train_batches.order, world, len(on_device.labels), tc.batch_size)
+            global_size = train_batches.order.global_size
         forward, data_path = model, "device"
+    elif world.distributed:  # this rank's share of the batches one process would draw
+        sampler = ShardedBatchSampler(len(train_set), tc.batch_size, shuffle_rng, world)
+        train_batches = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
+                                   persistent_workers=workers > 0)
+        forward, data_path, move_inputs, global_size = model, "loader", True, sampler.global_size
     else:
         train_batches = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle_rng,
-                                   num_workers=tc.num_workers, pin_memory=pin)
+                                   num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
         forward, data_path, move_inputs = model, "loader", True
     on_device = train_set = None
+    if world.distributed:  # gradients of the trainable tensors all-reduced (frozen ones are not registered)
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
     if tc.compile:
         forward = torch.compile(forward, backend=tc.compile_backend)
     views = int(getattr(eval_set, "views", 1) or 1)
-    eval_workers = tc.eval_workers_on(dev)
-    eval_loader = DataLoader(eval_set, batch_size=max(1, tc.eval_batch_size // views), shuffle=False,
+    eval_workers = tc.eval_workers_on(dev, threads)
+    eval_loader = DataLoader(eval_shard(eval_set, world), batch_size=max(1, tc.eval_batch_size // views), shuffle=False,
                              num_workers=eval_workers, pin_memory=pin or dev.type == "cuda",
                              prefetch_factor=4 if eval_workers else None)
 
@@ -273,7 +324,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     # what `auto` settings resolved to on this device is part of the run's identity: a checkpoint of a
     # bf16 GPU run is not resumed as an fp32 CPU run
     fingerprint = run_fingerprint({**values, "selection": selection_digest(selection),
-                                   "resolved": {"precision": precision, "data_on_device": data_path == "device"}})
+                                   "resolved": {"precision": precision, "data_on_device": data_path == "device",
+                                                **({"processes": world.size} if world.distributed else {})}})
     history: list[dict] = []
     train_seconds = 0.0
     seen = 0
@@ -286,7 +338,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                                 f"delete the folder to restart the run")
         model.load_state_dict(state["trainable"], strict=False)  # frozen tensors come from the backbone
         optimizer.load_state_dict(state["optimizer"])
-        _restore_rng(state, shuffle_rng, dev)
+        ranks = state.get("rank_rng")
+        _restore_rng(ranks[world.rank] if ranks and len(ranks) == world.size else state, shuffle_rng, dev)
         history, train_seconds, seen, start_epoch = (state["history"], state["train_seconds"], state["seen"],
                                                      state["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, tc.epochs, checkpoint_dir)
@@ -298,12 +351,16 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
     for epoch in range(start_epoch, tc.epochs):
         scheduler.step(epoch)
         done = train_epoch(model, forward, train_batches, optimizer, criterion, device=dev, autocast=autocast,
-                           epoch=epoch + 1, non_blocking=pin, move_inputs=move_inputs, where=where)
+                           epoch=epoch + 1, non_blocking=pin, move_inputs=move_inputs, where=where, world=world,
+                           global_size=global_size)
         train_seconds += done["seconds"]
         seen += done["images"]
         entry = {"epoch": epoch + 1, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],
                  "train_top1": done["train_top1"], "seconds": round(done["seconds"], 3)}
         history.append(entry)
+        rank_rng = world.gather(_rng_state(shuffle_rng, dev)) if world.distributed else None
+        if not world.is_main:
+            continue
         log.info("epoch %d/%d  loss %.4f  train top-1 %.3f  lr %.2e  %.0f img/s  %s", epoch + 1, tc.epochs,
                  entry["loss"], entry["train_top1"], entry["lr"], done["images"] / max(done["seconds"], 1e-9),
                  eta(epoch + 1, tc.epochs, train_seconds))
@@ -312,19 +369,23 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
             "train_seconds": train_seconds, "seen": seen,
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(), **_rng_state(shuffle_rng, dev),
+            **({"rank_rng": rank_rng} if rank_rng else {}),
         })
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, lambda: evaluate(model, eval_loader, dev, views=views, autocast=autocast)[0])
 
     cache = forward = train_batches = None  # release the stored features before evaluation
     # Kept before merging (the method's own tensors) and before metrics.json (the "done" marker).
-    save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
-                         run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
-                         selection=selection, fingerprint=fingerprint)
+    if world.is_main:
+        save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
+                             run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
+                             selection=selection, fingerprint=fingerprint)
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()
-    accuracy, n_eval = evaluate(model, eval_loader, dev, views=views, autocast=autocast)
+    correct, n_eval = evaluate_counts(model, eval_loader, dev, views=views, autocast=autocast)
+    correct, n_eval = (int(x) for x in world.sum(correct, n_eval))  # each rank evaluated its own examples
+    accuracy = correct / n_eval
     eval_seconds = time.perf_counter() - start
     peak, peak_kind = _peak_memory_mb(dev)
     log.info("final model on %s: top-1 %.4f (%d images)", run.protocol["eval_split"], accuracy, n_eval)
@@ -343,7 +404,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                   "resumed_from_epoch": start_epoch or None,
                   "final_loss": history[-1]["loss"] if history else math.nan,
                   "feature_cache": cache_info.to_dict(), "precision": precision, "compiled": bool(tc.compile),
-                  "data_path": data_path, "fused_attention": _fused_attention(model), "history": history},
+                  "data_path": data_path, "fused_attention": _fused_attention(model), "history": history,
+                  "processes": world.size, "loader_workers": workers},
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
                  "merged": bool(method.mergeable), "views": views},
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
@@ -351,6 +413,8 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                    "selection_sha256": selection_sha},
         "provenance": {**provenance(threads), "device": str(dev)},
     }
+    if not world.is_main:
+        return metrics
     atomic_write_json(metrics_path, metrics)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return metrics
