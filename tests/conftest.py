@@ -8,7 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
-# Under pytest-xdist (`-n 2` in the pytest configuration) every worker shares the machine's cores: one
+# Under pytest-xdist (`-n logical` in the pytest configuration) every worker shares the machine's cores: one
 # torch thread pool per core, not one per worker per core (oversubscribed OpenMP pools spin). Set before
 # numpy and torch load; Snakemake's jobs set their own thread counts from `threads`.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
