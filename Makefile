@@ -35,6 +35,8 @@ browser:
 	tools/install_browser.sh
 
 ## Install (once), then run the test suite (unit tests, Snakemake lint, end-to-end smoke run, browser check)
+## on every core (pytest-xdist, see pyproject.toml). `make -j2 test` (.ci/run) runs chromium's apt install
+## beside the pip installs.
 test: $(STAMP) $(DENSE_STAMP) browser
 	$(VENV)/bin/python -m pytest -q
 

@@ -4,13 +4,21 @@ generator, so loader tests do not depend on it). The rest of the shared code is 
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
-import numpy as np
+# Under pytest-xdist (`-n logical` in the pytest configuration) every worker shares the machine's cores: one
+# torch thread pool per core, not one per worker per core (oversubscribed OpenMP pools spin). Set before
+# numpy and torch load; Snakemake's jobs set their own thread counts from `threads`.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import numpy as np  # noqa: E402
 import pytest
-from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow  # noqa: F401  (re-exported)
-from PIL import Image
+from helpers.snake import ROOT, SNAKEMAKE, job_counts, run_workflow  # noqa: E402, F401  (re-exported)
+from PIL import Image  # noqa: E402
 
 pytest_plugins = ["pytester"]  # tests/test_test_suite.py runs pytest on small test files
 
@@ -55,11 +63,29 @@ def vtab_task(tmp_path) -> Path:
 def smoke_run(tmp_path_factory) -> Path:
     """ONE finished smoke pipeline (tests/helpers/configs.smoke_config: the image track's default target
     shrunk to seconds) for every test that only inspects its results. Tests that change files work on a
-    copy (`copy_smoke_run`) so this folder stays as the run left it."""
+    copy (`copy_smoke_run`) so this folder stays as the run left it.
+
+    Built once per pytest run, also under pytest-xdist: the folder sits in the run's shared temporary
+    root, and the first worker to need it builds it under a file lock while the others wait; a failed
+    build is recorded, so the other workers fail with its message instead of building it again."""
     from helpers.configs import smoke_config
 
-    folder = tmp_path_factory.mktemp("smoke-run")
-    run_workflow(folder, smoke_config(folder), "--cores", "2")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, shared by the workers' pytest-N/popen-gwK/
+    folder, done, failed = base / "smoke-run", base / "smoke-run.done", base / "smoke-run.failed"
+    with open(base / "smoke-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(f"the session's smoke pipeline failed to build in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            try:
+                run_workflow(folder, smoke_config(folder), "--cores", "2")
+            except AssertionError as err:
+                failed.write_text(str(err))
+                raise
+            done.touch()
     return folder
 
 

@@ -38,8 +38,17 @@ def test_patch_refuses_what_it_does_not_know(tmp_path):
     assert result.returncode != 0 and "no -std=c++17 flag" in result.stderr
 
 
-def test_source_build_plan():
-    result = script("--dry-run", "--force", "--from-source", "--python", sys.executable)
+@pytest.fixture(scope="module")
+def cpu_source_plan() -> subprocess.CompletedProcess:
+    """The source-build plan on this machine (no GPU, FORCE_CUDA unset): one dry run read by two tests
+    (each run probes torch three times)."""
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_CUDA"}
+    return subprocess.run(["bash", str(SCRIPT), "--dry-run", "--force", "--from-source", "--python", sys.executable],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+
+
+def test_source_build_plan(cpu_source_plan):
+    result = cpu_source_plan
     assert result.returncode == 0, result.stderr
     steps = [line.split("+ ", 1)[1] for line in result.stderr.splitlines() if "] + " in line]
     # mmcv's setup.py needs setuptools<81; `import mmcv` (the ops probe) needs mmengine: both before mmcv
@@ -66,10 +75,8 @@ def test_bad_invocations_say_why(args, message):
     assert result.returncode != 0 and message in result.stderr
 
 
-def test_source_build_without_a_gpu_says_loudly_it_is_cpu_only():
-    env = {k: v for k, v in os.environ.items() if k != "FORCE_CUDA"}
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--force", "--from-source", "--python", sys.executable],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+def test_source_build_without_a_gpu_says_loudly_it_is_cpu_only(cpu_source_plan):
+    result = cpu_source_plan
     assert result.returncode == 0, result.stderr
     import torch
     assert not torch.cuda.is_available()  # this test describes a machine without a GPU (CI's)

@@ -1,15 +1,18 @@
-"""Video backbones at real size (random init): our models against reference implementations, loaded
-from checkpoints in the official / torchvision / Hugging Face key layouts through the benchmark's own
-loading path (`create_backbone` -> timm `checkpoint_path` -> the model's layout conversion)."""
+"""Video backbones (random init): our models against reference implementations, loaded from checkpoints
+in the official / torchvision / Hugging Face key layouts through the benchmark's own loading path
+(`create_backbone` -> timm `checkpoint_path` -> the model's layout conversion). VideoMAE's parity runs at
+a small width and depth (the same code: key conversion, fused q/v biases, pooling); its real-size
+parameter count is taken on the meta device."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+
+from helpers.models import meta_counts, meta_model
 
 from vpeft.backbones import BackboneSpec, create_backbone
 from vpeft.methods import apply_method, build_method
@@ -28,12 +31,17 @@ def _clip(frames, size, batch=2, seed=0):
 
 
 # -- VideoMAE ViT-B -----------------------------------------------------------------------------
+# The parity model: ViT-B's structure at width 64, depth 2 (4 heads of 16, MLP 4x).
+WIDTH, DEPTH, HEADS = 64, 2, 4
+
+
 @pytest.fixture(scope="module")
 def hf_videomae():
     transformers = pytest.importorskip("transformers")  # under CI=true a skip fails (conftest)
     torch.manual_seed(0)
-    config = transformers.VideoMAEConfig(image_size=32, num_frames=4, tubelet_size=2, patch_size=16, hidden_size=768,
-                                         num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    config = transformers.VideoMAEConfig(image_size=32, num_frames=4, tubelet_size=2, patch_size=16, hidden_size=WIDTH,
+                                         num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                         intermediate_size=4 * WIDTH,
                                          qkv_bias=True, qv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6)
     model = transformers.VideoMAEModel(config).eval()
     with torch.no_grad():  # make the q / v biases matter
@@ -46,12 +54,12 @@ def hf_videomae():
 def _official_videomae_layout(hf_state: dict) -> dict:
     """The HF weights renamed to the official VideoMAE pre-training layout (`encoder.blocks.N.attn.qkv`
     without bias + `q_bias` / `v_bias`, decoder keys present), written independently of our converter."""
-    out = {"mask_token": torch.zeros(1, 1, 384), "encoder_to_decoder.weight": torch.zeros(384, 768),
-           "decoder.norm.weight": torch.ones(384), "encoder.norm.weight": torch.ones(768),
-           "encoder.norm.bias": torch.zeros(768)}
+    out = {"mask_token": torch.zeros(1, 1, 384), "encoder_to_decoder.weight": torch.zeros(384, WIDTH),
+           "decoder.norm.weight": torch.ones(384), "encoder.norm.weight": torch.ones(WIDTH),
+           "encoder.norm.bias": torch.zeros(WIDTH)}
     out["encoder.patch_embed.proj.weight"] = hf_state["embeddings.patch_embeddings.projection.weight"]
     out["encoder.patch_embed.proj.bias"] = hf_state["embeddings.patch_embeddings.projection.bias"]
-    for i in range(12):
+    for i in range(DEPTH):
         hf, ours = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
         out[ours + "attn.qkv.weight"] = torch.cat([hf_state[hf + f"attention.attention.{n}.weight"]
                                                    for n in ("query", "key", "value")])
@@ -87,31 +95,44 @@ def test_videomae_vit_b_matches_the_reference_from_both_checkpoint_layouts(layou
         path = tmp_path / "pytorch_model.bin"
         torch.save(_huggingface_v4_layout(hf_state) if layout == "huggingface-v4"
                    else {f"videomae.{k}": v for k, v in hf_state.items()}, path)
-    ours, _ = create_backbone(_spec("videomae_vit_base_patch16_224.k400_pt", path, 32, num_frames=4, img_size=32), 5)
+    ours, _ = create_backbone(_spec("videomae_vit_base_patch16_224.k400_pt", path, 32, num_frames=4, img_size=32,
+                                    embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS), 5)
     ours.eval()
     x = _clip(4, 32)
     with torch.no_grad():
         expected = hf_videomae(pixel_values=x.transpose(1, 2)).last_hidden_state
         got = ours.forward_features(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("head")) == 86_236_416
 
 
-def test_adaptformer_and_lora_counts_on_videomae_vit_b():
-    model = timm.create_model("videomae_vit_base_patch16_224", num_classes=174, num_frames=4, img_size=32)
-    counts = apply_method(copy.deepcopy(model), build_method("adaptformer", {"bottleneck": 64})).parameter_counts()
+def test_videomae_vit_b_has_the_published_parameter_count():
+    model = meta_model("videomae_vit_base_patch16_224", num_frames=4, img_size=32, num_classes=5)
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head")) == 86_236_416  # 86.2 M
+
+
+def test_adaptformer_counts_on_videomae_vit_b():
+    counts = meta_counts("adaptformer", {"bottleneck": 64}, arch="videomae_vit_base_patch16_224", num_classes=174,
+                         num_frames=4, img_size=32)
     assert counts["trainable"] == 1_189_632  # 12 x (2 x 768 x 64 + 64 + 768), the published 1.19 M
-    x = _clip(4, 32)
-    assert model(x).shape == (2, 174)
+    # the same builder at a small width: clips in, one logit per class out
+    model = timm.create_model("videomae_vit_base_patch16_224", num_classes=174, num_frames=4, img_size=32,
+                              embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS)
+    assert model(_clip(4, 32)).shape == (2, 174)
 
 
 # -- Video Swin-B -------------------------------------------------------------------------------
+# The parity model: Video Swin-B's structure (4 stages, patch 2x4x4, window 8x7x7, shifted windows) at
+# width 16 and two blocks per stage; the real-size count is taken on the meta device.
+SWIN_SMALL = {"embed_dim": 16, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 2, 4)}
+
+
 @pytest.fixture(scope="module")
 def torchvision_swin3d_b():
-    from torchvision.models.video import swin3d_b
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
 
     torch.manual_seed(0)
-    return swin3d_b(weights=None).eval()
+    return SwinTransformer3d(patch_size=[2, 4, 4], window_size=[8, 7, 7], stochastic_depth_prob=0.1,
+                             **{k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_SMALL.items()}).eval()
 
 
 def _official_swin_layout(tv_state: dict) -> dict:
@@ -138,19 +159,18 @@ def test_video_swin_b_matches_torchvision_from_both_checkpoint_layouts(layout, t
     tv_state = torchvision_swin3d_b.state_dict()
     path = tmp_path / "swin.pth"
     torch.save(tv_state if layout == "torchvision" else _official_swin_layout(tv_state), path)
-    ours, _ = create_backbone(_spec("video_swin_base_patch244_window877.k400_in22k", path, 64), 400)
+    ours, _ = create_backbone(_spec("video_swin_base_patch244_window877.k400_in22k", path, 64, **SWIN_SMALL), 400)
     ours.eval()
     with torch.no_grad():
         ours.head.load_state_dict(torchvision_swin3d_b.head.state_dict())
         # 4 x 64 x 64: padding to whole windows, shifted-window masks and windows cropped to small inputs
         x = _clip(4, 64, batch=1)
         torch.testing.assert_close(ours(x), torchvision_swin3d_b(x), rtol=1e-4, atol=1e-4)
-    assert sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("head")) == 87_638_984  # 87.64 M
 
 
-@pytest.fixture(scope="module")
-def video_swin_b():
-    return timm.create_model("video_swin_base_patch244_window877", num_classes=51)
+def test_video_swin_b_has_the_published_parameter_count():
+    model = meta_model("video_swin_base_patch244_window877", num_classes=400)
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head")) == 87_638_984  # 87.64 M
 
 
 @pytest.mark.parametrize("name, hparams, expected", [
@@ -163,8 +183,8 @@ def video_swin_b():
     ("bapat", {}, 1_553_664 + (128 + 2 * 128 + 2) * 12_032 + 128 * 24),
     ("prefix-tuning", {"num_tokens": 20, "reparam_dim": 64}, 214 * 12_032 + 64 * 24),  # README 6.37 M: no
 ])
-def test_method_counts_at_video_swin_b(name, hparams, expected, video_swin_b):
-    counts = apply_method(copy.deepcopy(video_swin_b), build_method(name, hparams)).parameter_counts()
+def test_method_counts_at_video_swin_b(name, hparams, expected):
+    counts = meta_counts(name, hparams, arch="video_swin_base_patch244_window877", num_classes=51)
     assert counts["trainable"] == expected
 
 

@@ -7,6 +7,7 @@ torch, so the Snakemake process stays light.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,27 @@ def _key_path(parts) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
-def validate_against_schema(data: dict, schema_path: str | Path, what: str = "config") -> None:
-    """Validate with JSON Schema; raise ConfigError naming the key path of the first (deepest) error."""
+@functools.lru_cache(maxsize=8)
+def _schema_validator(schema_path: Path, stamp: tuple):
+    """A validator per schema file, built once per process: parsing the schemas is most of a validation's
+    cost, and the workflow validates every method's YAML at each Snakefile parse."""
     import jsonschema
     from referencing import Registry, Resource
 
-    schema_path = Path(schema_path)
     # Schemas in the same folder may $ref each other by file name.
     registry = Registry().with_resources(
         (p.name, Resource.from_contents(yaml.safe_load(p.read_text())))
         for p in schema_path.parent.glob("*.schema.yaml"))
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    return jsonschema.Draft202012Validator(yaml.safe_load(schema_path.read_text()), registry=registry)
+
+
+def validate_against_schema(data: dict, schema_path: str | Path, what: str = "config") -> None:
+    """Validate with JSON Schema; raise ConfigError naming the key path of the first (deepest) error."""
+    schema_path = Path(schema_path).resolve()
+    folder = schema_path.parent
+    # keyed on the schemas' mtimes too, so an edited schema is read again
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.schema.yaml")))
+    validator = _schema_validator(schema_path, stamp)
     errors = sorted(validator.iter_errors(data), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = errors[0]
