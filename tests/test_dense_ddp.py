@@ -17,6 +17,7 @@ from vpeft.dense import launch
 from vpeft.dense.datasets import check_dense_task, write_dense_index
 from vpeft.dense.settings import resolve_dense_run
 from vpeft.dense.synthetic import generate_dense_task
+from vpeft.torchrun import DistributedRunError
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_a_dying_rank_fails_the_run_with_its_error(coco_mini, tmp_path, monkeypa
     run, index_path = coco_mini
     monkeypatch.setattr(launch, "WORKER_MODULE", "helpers.failing_dense_worker")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    with pytest.raises(launch.WorkerFailed, match=re.escape(f"rank 1 of 2 failed: RuntimeError: {ERROR}")):
+    with pytest.raises(DistributedRunError, match=re.escape(f"rank 1 of 2 failed: RuntimeError: {ERROR}")):
         _run(run, index_path, tmp_path)
     failed = json.loads((tmp_path / "failed.json").read_text())
     assert failed["status"] == "failed" and f"rank 1 of 2 failed: RuntimeError: {ERROR}" in failed["error"]

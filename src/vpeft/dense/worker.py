@@ -3,8 +3,8 @@
 `python -m vpeft.dense.worker <spec.json>`: joins the process group from torchrun's environment
 (env://; NCCL on GPUs, gloo on CPUs), then trains and evaluates through mmengine's `pytorch` launcher.
 Rank 0 alone writes the result (to the spec's staging path, which the launching process moves into
-place once every rank has finished). A rank that raises records its error beside the spec (for the
-launching process to name the rank) and exits non-zero, which makes torchrun stop the others.
+place once every rank has finished). A rank that raises records its error (`vpeft.torchrun.record_failure`,
+for the launching process to name the rank) and exits non-zero, which makes torchrun stop the others.
 """
 
 from __future__ import annotations
@@ -12,19 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
-from ..io import atomic_write_json
+from ..torchrun import record_failure, worker_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     spec_path = Path((argv or sys.argv[1:])[0])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.captureWarnings(True)
+    worker_logging(rank, logging.INFO if rank == 0 else logging.WARNING)
     try:
         import json
 
@@ -43,10 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                            write_to=Path(spec["write_to"]))
         dist.destroy_process_group()
     except BaseException as err:
-        atomic_write_json(spec_path.with_name(f"rank-{rank}.error.json"),
-                          {"rank": rank, "time": time.time(), "error": f"{type(err).__name__}: {err}",
-                           "traceback": traceback.format_exc()})
-        raise
+        record_failure(rank, err)
+        raise  # its traceback goes to the job's log
     return 0
 
 

@@ -7,19 +7,15 @@ configured ones: rank r takes the r-th interleaved share of every global batch t
 draw (`ShardedBatches`), and the loss is scaled so that DDP's average of the ranks' gradients equals the
 one-process gradient of the whole batch, also when the last batch splits unevenly.
 
-A rank that fails leaves a record (its error, the time) before it exits; `launch` names the first
-genuine failure (not a peer's broken connection, which only follows it), writes failed.json with it
-and removes any metrics.json, and raises.
+A failed rank fails the run (`vpeft.torchrun` names the rank whose failure started it): `launch` writes
+failed.json with that error, removes any metrics.json, and raises `DistributedRunError`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +23,12 @@ import torch
 
 from ..io import atomic_write_json
 from ..runs import FAILURE_RECORD, RUN_SCHEMA
+from ..torchrun import DistributedRunError, run_ranks
 
 log = logging.getLogger("vpeft.ddp")
 
 BACKENDS = ("auto", "nccl", "gloo")
 WORKER_MODULE = "vpeft.engine.ddp_worker"
-
-
-class DistributedRunError(RuntimeError):
-    """A rank of a data-parallel run failed; the message names the rank and its error."""
 
 
 def process_count(setting: int | str, gpus: int) -> int:
@@ -164,96 +157,28 @@ def eval_shard(dataset, world: World):
 def launch(values: dict, metrics_path: str | Path, *, processes: int, backend: str = "auto", threads: int = 1,
            base_dir: str | Path = ".", selection_path: str | Path | None = None,
            find_unused_parameters: bool = False, worker_module: str = WORKER_MODULE) -> dict:
-    """Train the run with `processes` ranks under torchrun; returns rank 0's metrics (metrics.json).
-
-    The job's `threads` are shared out: each rank gets threads // processes (at least one) for torch and
-    its DataLoader workers. `worker_module` is the entry point each rank runs (tests put a faulty one)."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
+    """Train the run with `processes` ranks under torchrun (`vpeft.torchrun.run_ranks`); returns rank 0's
+    metrics (metrics.json). `worker_module` is the entry point each rank runs (tests put a faulty one)."""
     metrics_path = Path(metrics_path)
     failure = metrics_path.with_name(FAILURE_RECORD)
     backend = resolve_backend(backend)
-    per_rank = max(1, int(threads) // processes)
     with tempfile.TemporaryDirectory(prefix="vpeft-ddp-") as tmp:
         job = Path(tmp) / "job.json"
-        records = Path(tmp) / "failures"
-        records.mkdir()
         job.write_text(json.dumps({
-            "values": values, "metrics_path": str(metrics_path.resolve()), "threads": per_rank,
-            "base_dir": str(Path(base_dir).resolve()), "backend": backend,
-            "selection_path": str(Path(selection_path).resolve()) if selection_path else None,
-            "find_unused_parameters": bool(find_unused_parameters), "failure_records": str(records),
+            "values": values, "metrics_path": str(metrics_path.resolve()),
+            "threads": max(1, int(threads) // processes), "base_dir": str(Path(base_dir).resolve()),
+            "backend": backend, "selection_path": str(Path(selection_path).resolve()) if selection_path else None,
+            "find_unused_parameters": bool(find_unused_parameters),
         }, default=str))
-        args = get_args_parser().parse_args([
-            "--standalone", f"--nproc-per-node={processes}", "--monitor-interval=0.5",
-            "--module", worker_module, str(job)])
-        log.info("data-parallel run: %d processes (%s), %d threads each", processes, backend, per_rank)
-        src = str(Path(__file__).resolve().parents[2])  # the workers import this copy of vpeft
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
-               "OMP_NUM_THREADS": str(per_rank)}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        log.info("data-parallel run: %d processes (%s)", processes, backend)
         try:
-            run(args)
-        except ChildFailedError as err:
-            rank, message = _root_cause(err, records)
+            run_ranks(worker_module, job, processes, threads)
+        except DistributedRunError as err:
             metrics_path.unlink(missing_ok=True)  # a rank may have died after rank 0 finished
-            error = f"rank {rank} of {processes} failed: {message}"
-            log.error("%s", error)
+            log.error("%s", err)
             atomic_write_json(failure, {
                 "schema": RUN_SCHEMA, "status": "failed",
-                **{k: values.get(k) for k in ("suite", "task", "method", "seed")}, "error": error})
-            raise DistributedRunError(error) from None
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+                **{k: values.get(k) for k in ("suite", "task", "method", "seed")}, "error": str(err)})
+            raise
     failure.unlink(missing_ok=True)
     return json.loads(metrics_path.read_text())
-
-
-def _root_cause(err, records: Path) -> tuple[int, str]:
-    """The rank whose failure started it: the earliest recorded error that is not a lost connection to a
-    peer; else a rank killed by a signal (it could write nothing); else torchrun's first failure."""
-    written = [json.loads(p.read_text()) for p in sorted(records.glob("rank-*.json"))]
-    own = sorted((r for r in written if not r["peer_error"]), key=lambda r: r["time"])
-    if own:
-        return own[0]["rank"], own[0]["error"]
-    killed = [(rank, f) for rank, f in sorted(err.failures.items()) if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
-    if killed:
-        rank, f = killed[0]
-        return rank, f"killed by {f.signal_name()} (exit code {f.exitcode})"
-    if written:
-        first = min(written, key=lambda r: r["time"])
-        return first["rank"], first["error"]
-    rank, f = err.get_first_failure()
-    message = f.message.get("message", f.message) if isinstance(f.message, dict) else f.message
-    return rank, f"exit code {f.exitcode}: {message}"
-
-
-def write_failure_record(folder: str | Path, rank: int, err: BaseException) -> None:
-    """A rank's error, written before it exits (so before its peers see their connections break)."""
-    record = {"rank": rank, "time": time.time(), "error": f"{type(err).__name__}: {err}",
-              "peer_error": is_peer_error(err)}
-    atomic_write_json(Path(folder) / f"rank-{rank}.json", record)
-
-
-def is_peer_error(err: BaseException) -> bool:
-    """A collective that failed because another rank went away (a consequence, not a cause)."""
-    import torch.distributed as dist
-
-    if isinstance(err, getattr(dist, "DistError", ())):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe"))
-
-
-def worker_logging(rank: int) -> None:
-    """Each rank logs to the job's log (the inherited stderr), every line prefixed with its rank."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.captureWarnings(True)

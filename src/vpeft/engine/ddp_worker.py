@@ -14,7 +14,8 @@ def main(job_file: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from .ddp import World, is_peer_error, worker_logging, write_failure_record
+    from ..torchrun import is_peer_error, record_failure, worker_logging
+    from .ddp import World
     from .train import _train_and_evaluate
 
     job = json.loads(open(job_file).read())
@@ -36,7 +37,7 @@ def main(job_file: str) -> int:
         finally:
             dist.destroy_process_group()
     except BaseException as err:  # noqa: BLE001 - any failure of this rank is reported, then fails the job
-        write_failure_record(job["failure_records"], world.rank, err)
+        record_failure(world.rank, err)
         if is_peer_error(err):
             log.error("stopped: another rank failed (%s: %s)", type(err).__name__, err)
         else:
