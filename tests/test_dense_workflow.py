@@ -35,9 +35,10 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
         run = json.loads((tmp_path / f"results/ade-mini/{method}/scenes/seed-42/metrics.json").read_text())
         assert run["status"] == "ok"
     shown = read_report(tmp_path / "reports/index.html")  # rebuilt after the failure, runs marked
-    # (a dense task without any successful run has no metric column and its rows read 'ok': a report bug,
-    # fixed, see test_dense_report.py; the list entries and the header mark the runs)
     assert "0 of 2 runs succeeded" in shown["coco-mini"].meta
+    for method in ("linear", "lora"):  # no run of the task succeeded: its cells still mark the missing runs
+        coco = shown["coco-mini"].cell(method, "AP box")
+        assert "missing" in coco.classes and coco.text in ("", "-", "missing"), (method, coco)
     for method in ("linear", "lora"):
         ade = shown["ade-mini"].cell(method, "mIoU")
         assert not ade.classes & {"missing", "failed"} and float(ade.text) >= 0, (method, ade)
