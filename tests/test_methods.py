@@ -530,3 +530,49 @@ def test_a_hook_must_be_a_method_of_the_layer():
             layer.add_forward_hook(frozen, hook)
     layer.remove_hooks()
     assert hook_count(frozen) == 0
+
+
+# -- resume: a run interrupted after a checkpoint ends as the uninterrupted one --------------------------
+class _Interrupted(Exception):
+    """Stands for the kill after epoch 1's checkpoint (test_reliability.py kills real processes)."""
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_run_interrupted_after_a_checkpoint_resumes_to_the_same_tensors_buffers_and_metric(
+        name, vtab_task, tmp_path, monkeypatch):
+    """Every method, on the toy task and the demo ViT: the final model's whole state (trained tensors
+    and every buffer, e.g. HST's BatchNorm statistics) and the metric equal the uninterrupted run's,
+    bit for bit."""
+    from helpers.runs import run_values
+
+    import vpeft.engine.train as train
+
+    final_states = []
+    save = train.save_trained_tensors
+
+    def keep_state(path, model, *args, **kwargs):
+        final_states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return save(path, model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "save_trained_tensors", keep_state)
+    hparams = dict(CASES[name].small)
+    if name == "noah":  # one value per block: the demo ViT has 4 blocks, the table's small ViT 2
+        hparams = {k: tuple(v) * 2 for k, v in hparams.items()}
+    values = {**run_values(vtab_task, name, epochs=2, warmup_epochs=1, drop_path=0.1), "method_hparams": hparams}
+    reference = train.run_training(values, tmp_path / "whole" / "metrics.json")
+
+    def interrupt(epoch, score):
+        raise _Interrupted(f"after epoch {epoch}")
+
+    out = tmp_path / "interrupted" / "metrics.json"
+    with pytest.raises(_Interrupted):
+        train.run_training(values, out, on_epoch_end=interrupt)
+    assert (out.parent / "checkpoint" / "state.pt").is_file() and not out.exists()
+    resumed = train.run_training(values, out)
+    assert resumed["train"]["resumed_from_epoch"] == 1
+    whole, again = final_states
+    assert whole.keys() == again.keys()
+    differ = [k for k in whole if not torch.equal(whole[k], again[k])]
+    assert not differ, f"{name}: resumed state differs in {differ[:6]}"
+    assert resumed["metric"] == reference["metric"]
+    assert [h["loss"] for h in resumed["train"]["history"]] == [h["loss"] for h in reference["train"]["history"]]

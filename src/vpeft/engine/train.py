@@ -28,7 +28,7 @@ from ..logs import eta
 from ..methods import apply_method, build_method
 from ..metrics import top1_accuracy
 from ..provenance import provenance
-from ..runs import CHECKPOINT_DIR, FAILURE_RECORD, RUN_SCHEMA, TRAINED_TENSORS
+from ..runs import CHECKPOINT_DIR, RUN_SCHEMA, TRAINED_TENSORS, failure_recorded
 from .build import (  # noqa: F401  (RunConfig ... parameter_groups: also imported from here)
     PRECISIONS,
     RESULT_NEUTRAL_KEYS,
@@ -103,10 +103,14 @@ def _save_checkpoint(folder: Path, state: dict) -> None:
     """Write the training state atomically: a kill during the write leaves the previous one intact."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / "state.pt")
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / "state.pt")
+    except BaseException:  # a failed write (a full disk) must not keep the space it took
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
@@ -120,6 +124,9 @@ def _load_checkpoint(folder: Path, fingerprint: str) -> dict | None:
         return None
     if state.get("fingerprint") != fingerprint:
         log.warning("checkpoint %s belongs to other settings; starting from scratch", path)
+        return None
+    if "buffers" not in state:  # written before checkpoints kept the buffers: resuming would reset them
+        log.warning("checkpoint %s holds no buffers (an older vpeft wrote it); starting from scratch", path)
         return None
     return state
 
@@ -160,18 +167,8 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
         return launch(values, metrics_path, processes=processes, backend=backend, threads=threads, base_dir=base_dir,
                       selection_path=selection_path, find_unused_parameters=find_unused_parameters)
     metrics_path = Path(metrics_path)
-    failure = metrics_path.with_name(FAILURE_RECORD)
-    try:
-        metrics = _train_and_evaluate(values, metrics_path, threads, base_dir, device, selection_path, on_epoch_end)
-    except Exception as err:
-        atomic_write_json(failure, {
-            "schema": RUN_SCHEMA, "status": "failed",
-            **{k: values.get(k) for k in ("suite", "task", "method", "seed")},
-            "error": f"{type(err).__name__}: {err}",
-        })
-        raise
-    failure.unlink(missing_ok=True)
-    return metrics
+    with failure_recorded(metrics_path, values):
+        return _train_and_evaluate(values, metrics_path, threads, base_dir, device, selection_path, on_epoch_end)
 
 
 def train_epoch(model, forward, batches, optimizer, criterion, *, device, autocast, epoch: int,
@@ -336,7 +333,11 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         if trainable_names != set(state["trainable"]):
             raise TrainingError(f"checkpoint in {checkpoint_dir} does not hold this run's trainable tensors; "
                                 f"delete the folder to restart the run")
-        model.load_state_dict(state["trainable"], strict=False)  # frozen tensors come from the backbone
+        if set(state["buffers"]) != set(_persistent_buffers(model)):
+            raise TrainingError(f"checkpoint in {checkpoint_dir} does not hold this run's buffers; "
+                                f"delete the folder to restart the run")
+        # frozen tensors come from the backbone; the buffers (BatchNorm statistics) continue
+        model.load_state_dict({**state["trainable"], **state["buffers"]}, strict=False)
         optimizer.load_state_dict(state["optimizer"])
         ranks = state.get("rank_rng")
         _restore_rng(ranks[world.rank] if ranks and len(ranks) == world.size else state, shuffle_rng, dev)
@@ -368,6 +369,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
             "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
             "train_seconds": train_seconds, "seen": seen,
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "buffers": {n: b.detach().cpu() for n, b in _persistent_buffers(model).items()},
             "optimizer": optimizer.state_dict(), **_rng_state(shuffle_rng, dev),
             **({"rank_rng": rank_rng} if rank_rng else {}),
         })
@@ -425,6 +427,13 @@ def _uint8_split(layout, run: RunConfig, spec, tc: TrainingConfig, dev):
     if not tc.data_on_device_on(dev) or not hasattr(layout, "train_uint8"):
         return None
     return layout.train_uint8(run, spec, tc)
+
+
+def _persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every persistent buffer of the model (a method's BatchNorm statistics, frozen ones too): a
+    resumed run's forward must see what the interrupted run's would have."""
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return {n: t for n, t in model.state_dict(keep_vars=True).items() if n not in params}
 
 
 def _rng_state(shuffle_rng: torch.Generator, dev: torch.device) -> dict:
