@@ -117,3 +117,4 @@ def _register_with_openmmlab() -> None:
 
 
 _register_with_openmmlab()
+from . import checkpoints  # noqa: E402,F401  (registers AtomicCheckpointHook; configs import this module)

@@ -435,7 +435,8 @@ def build_config(run: dict, classes: list[str], *, work_dir: str | Path, base_di
             "timer": {"type": "IterTimerHook"},
             "logger": {"type": "LoggerHook", "interval": int(opts.log_interval)},
             "param_scheduler": {"type": "ParamSchedulerHook"},
-            "checkpoint": ({"type": "CheckpointHook", "interval": int(interval), "by_epoch": by_epoch,
+            # vpeft.dense.checkpoints: atomic saves; the previous checkpoint goes only once the next is complete
+            "checkpoint": ({"type": "AtomicCheckpointHook", "interval": int(interval), "by_epoch": by_epoch,
                             "max_keep_ckpts": 1} if interval else None),
             "sampler_seed": {"type": "DistSamplerSeedHook"},
         },

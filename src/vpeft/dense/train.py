@@ -81,6 +81,17 @@ def _record_hook():
             self.seconds = 0.0
             self._window: list[float] = []
             self._start = None
+            self._before = 0.0  # training seconds before a resume
+
+        # kept in the checkpoint, so a resumed run's record is the uninterrupted run's
+        def before_save_checkpoint(self, runner, checkpoint):
+            checkpoint["vpeft_record"] = {"history": self.history, "images": self.images, "window": self._window,
+                                          "seconds": self._before + time.perf_counter() - self._start}
+
+        def after_load_checkpoint(self, runner, checkpoint):
+            saved = checkpoint.get("vpeft_record") or {}
+            self.history, self.images = list(saved.get("history", [])), int(saved.get("images", 0))
+            self._window, self._before = list(saved.get("window", [])), float(saved.get("seconds", 0.0))
 
         def before_train(self, runner):
             self._start = time.perf_counter()
@@ -112,7 +123,7 @@ def _record_hook():
 
         def after_train(self, runner):
             self._close(runner, "end")
-            self.seconds = time.perf_counter() - self._start
+            self.seconds = self._before + time.perf_counter() - self._start
 
     return RunRecord()
 
@@ -187,12 +198,14 @@ def _prepare_work_dir(run: dict, metrics_path: Path, processes: int) -> Path:
     """checkpoint/ beside the result, emptied when it holds another run's state (resume otherwise)."""
     work_dir = metrics_path.parent / CHECKPOINT_DIR
     fingerprint = _run_fingerprint(run, processes)
-    stamp = work_dir / "fingerprint.txt"
+    stamp = work_dir / "fingerprint.txt"  # vpeft.dense.checkpoints.STAMP: the folder is this run's
     if work_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != fingerprint):
         log.warning("%s holds another run's state; starting from scratch", work_dir)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(stamp, fingerprint.encode())
+    for partial in work_dir.glob(".*.tmp"):  # a save killed half-way: the last complete one is resumed
+        partial.unlink(missing_ok=True)
     return work_dir
 
 
@@ -232,7 +245,12 @@ def train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads:
 
     log.info("%s/%s/%s seed %d: building the %s runner", run["suite"], run["method"], run["task"], run["seed"],
              run["dense"]["recipe"])
-    runner = Runner.from_cfg(Config(cfg))
+    from .checkpoints import SCHEME, own_checkpoint
+
+    # the run's own last complete checkpoint, read without pickle restrictions (vpeft.dense.checkpoints);
+    # config.py above stays the one a fresh run writes
+    resume_from = own_checkpoint(work_dir) if cfg["resume"] else None
+    runner = Runner.from_cfg(Config({**cfg, "resume": resume_from is not None, "load_from": resume_from}))
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     counts = _counts(model)
     applied = model.backbone.applied
@@ -294,6 +312,7 @@ def train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads:
             "wall_seconds": record.seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
             "final_loss": record.history[-1]["loss"] if record.history else math.nan, "history": record.history,
             "loss_of": "rank 0's batches" if processes > 1 else "all batches",
+            "resumed_from": Path(resume_from[len(SCHEME):]).name if resume_from else None,
             "distributed": {**plan, "launcher": cfg["launcher"],
                             "backend": cfg["env_cfg"]["dist_cfg"]["backend"] if processes > 1 else None},
         },
