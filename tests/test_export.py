@@ -212,3 +212,33 @@ def test_random_init_backbone_is_rebuilt_from_the_seed(vtab_task, tmp_path, caps
     printed = json.loads(capsys.readouterr().out)
     assert printed["top1"] == printed["recorded"] == metrics["metric"]["value"]
     assert printed["method"] == "adapter" and printed["split"] == "test"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+@pytest.mark.parametrize("name", ["trained.safetensors", "metrics.json"])
+def test_a_damaged_run_file_is_one_line_naming_it_in_load_run_evaluate_export_and_the_report(
+        vtab_task, tmp_path, capsys, name, damage):
+    from vpeft.io import DamagedFileError
+    from vpeft.report.summary import summarize_method
+    from vpeft.report.tables import load_runs
+
+    run = tmp_path / "results/toy-suite/lora/toy/seed-3"
+    train(vtab_task, run, "lora")
+    path = run / name
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00\xff" * 40}[damage])
+
+    with pytest.raises(ArtifactError) as caught:
+        load_run(run)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 300, message
+    for command in (["evaluate", str(run)], ["export", str(run), "--to", "timm" if name == "metrics.json" else "peft",
+                                                 "--out", str(tmp_path / "out")]):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(command)
+        assert str(stopped.value).startswith(f"error: {path}: ") and "\n" not in str(stopped.value), stopped.value
+    if name == "metrics.json":
+        row = load_runs([path]).iloc[0]
+        assert row["status"] == "failed" and row["error"].startswith(f"{path}: unreadable"), row["error"]
+        with pytest.raises(DamagedFileError, match=f"^{path}: (empty file|damaged or truncated JSON|not UTF-8)"):
+            summarize_method([path], "toy-suite", "lora")

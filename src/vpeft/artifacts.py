@@ -105,13 +105,20 @@ def read_trained_tensors(path: str | Path) -> TrainedTensors:
     if not path.is_file():
         raise ArtifactError(f"{path} not found: the run has no trained tensors (it did not finish, or it "
                             f"was trained before vpeft kept them; rerun it)")
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-        if header.get("format") != json.dumps(TRAINED_FORMAT):
-            raise ArtifactError(f"{path} is not a vpeft trained-tensors file (format {header.get('format')}, "
-                                f"expected {TRAINED_FORMAT!r})")
-        all_tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
-    meta = {key: json.loads(text) for key, text in header.items()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            if header.get("format") != json.dumps(TRAINED_FORMAT):
+                raise ArtifactError(f"{path} is not a vpeft trained-tensors file (format {header.get('format')}, "
+                                    f"expected {TRAINED_FORMAT!r})")
+            all_tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
+        meta = {key: json.loads(text) for key, text in header.items()}
+    except ArtifactError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors' errors do not name the file
+        what = "empty file" if path.stat().st_size == 0 else f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        raise ArtifactError(f"{path}: damaged or truncated trained-tensors file ({what}); rerun the run "
+                            f"(delete its metrics.json)") from None
     selection = {k[len(SELECTION_PREFIX):]: v for k, v in all_tensors.items() if k.startswith(SELECTION_PREFIX)}
     tensors = {k: v for k, v in all_tensors.items() if not k.startswith(SELECTION_PREFIX)}
     return TrainedTensors(tensors=tensors, selection=selection or None, meta=meta)

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .artifacts import ArtifactError, load_trained_into, read_trained_tensors
-from .io import atomic_write_bytes, atomic_write_json
+from .io import DamagedFileError, atomic_write_bytes, atomic_write_json, read_json
 from .runs import TRAINED_TENSORS
 
 FORMATS = ("peft", "timm")
@@ -108,7 +107,10 @@ def load_run(run_dir: str | Path, *, base_dir: str | Path = ".", merge: bool | N
     saved = read_trained_tensors(run_dir / TRAINED_TENSORS)
     meta = saved.meta
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    try:
+        metrics = read_json(metrics_path) if metrics_path.is_file() else None
+    except DamagedFileError as err:
+        raise ArtifactError(str(err)) from None
     if metrics is not None and metrics.get("config", {}).get("fingerprint") != meta.get("fingerprint"):
         raise ArtifactError(f"{run_dir / TRAINED_TENSORS} was written by other settings than {metrics_path}; "
                             f"rerun the run")

@@ -6,8 +6,9 @@ was measured; it never re-times anything, so the table is only as fresh as the J
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..io import read_json
 
 BENCH_SCHEMA = "vpeft.bench/1"
 
@@ -24,7 +25,7 @@ def repo_relative(path: Path) -> str:
 
 def load_speed_benchmark(path: str | Path) -> dict:
     path = Path(path)
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if data.get("schema") != BENCH_SCHEMA:
         raise ValueError(f"{path}: not a speed benchmark record (schema {data.get('schema')!r}, "
                          f"expected {BENCH_SCHEMA!r})")

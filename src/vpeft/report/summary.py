@@ -6,10 +6,9 @@ dense ones); the summary names it rather than assuming top-1.
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
 
+from ..io import read_json
 from ..metrics import ppt
 
 
@@ -18,7 +17,7 @@ def summarize_method(metrics_paths, suite: str, method: str) -> dict:
     params = set()
     metric_names = set()
     for path in metrics_paths:
-        run = json.loads(Path(path).read_text())
+        run = read_json(path)
         per_task.setdefault(run["task"], []).append(run["metric"]["value"])
         metric_names.add(run["metric"]["name"])
         params.add(run["params"]["trainable"])

@@ -111,7 +111,7 @@ def _read_run(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        row.update(status="failed", error=f"unreadable metrics.json: {exc}")
+        row.update(status="failed", error=f"{path}: unreadable ({type(exc).__name__}: {exc})")
         return row
     if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
         schema = data.get("schema") if isinstance(data, dict) else type(data).__name__

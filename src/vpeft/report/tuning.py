@@ -8,18 +8,18 @@ search's own val200 scores are never mixed with test numbers in one column.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from ..io import read_json
 
 
 def _test_top1(folder: Path) -> float | None:
     """Mean test top-1 over the seeds of one (suite, method, task) folder, None without a finished run."""
     values = []
     for path in sorted(folder.glob("seed-*/metrics.json")):
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if record.get("status") == "ok":
             values.append(float(record["metric"]["value"]))
     return statistics.fmean(values) if values else None
@@ -49,7 +49,7 @@ def tuning_context(tuned_paths, suites: dict[str, dict]) -> list[dict]:
     """One entry per tuned suite: method rows (spread, trials, tuned vs fixed test) and task rows."""
     by_suite: dict[str, list[dict]] = {}
     for path in sorted(map(Path, tuned_paths)):
-        tuned = json.loads(path.read_text())
+        tuned = read_json(path)
         results = path.parents[3]  # results/<suite>/<method>/<task>/tuned.json
         base = (suites.get(tuned["suite"]) or {}).get("base_suite")
         complete = [t["value"] for t in tuned["trials"] if t["state"] == "COMPLETE"]
