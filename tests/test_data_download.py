@@ -502,3 +502,19 @@ def test_bad_inputs_fail_naming_the_file_and_the_other_outputs_stay(tmp_path, se
         assert not (tmp_path / "data" / "bad" / task).exists()
     assert not [p for p in (tmp_path / "data" / "bad").iterdir() if p.name.startswith(".")]
     shutil.rmtree(tmp_path / "data")
+
+
+def test_fgvc_check_refuses_a_duplicated_entry_and_a_training_image_copied_into_test(tmp_path):
+    images, jsons = fgvc_files()
+    train_key, test_key = next(iter(json.loads(jsons["train.json"]))), next(iter(json.loads(jsons["test.json"])))
+    copied = {**images, test_key: images[train_key]}  # the same picture under a test name
+    write_files(tmp_path / "copy", prefixed("images", copied) | jsons)
+    with pytest.raises(DataError, match=rf"test\.json(:\d+)?: image {test_key} has the same content .* as "
+                                        rf"{train_key} of the training split .*train\.json"):
+        check_fgvc_task(tmp_path / "copy", 3, suite="fgvc", task="cub", image_dir="images")
+
+    text = jsons["val.json"].decode()
+    first = text[1:text.index(",")]  # '"<key>": <id>'
+    write_files(tmp_path / "dup", prefixed("images", images) | jsons | {"val.json": ("{" + first + ", " + text[1:]).encode()})
+    with pytest.raises(DataError, match=r"val\.json: image .* is listed twice"):
+        check_fgvc_task(tmp_path / "dup", 3, suite="fgvc", task="cub", image_dir="images")

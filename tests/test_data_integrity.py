@@ -70,3 +70,41 @@ def test_a_checkpoint_placed_by_hand_is_held_to_the_lock_file(tmp_path):
     assert second.returncode != 0
     log = (tmp_path / "logs/backbones/check_vit-b16-in21k.log").read_text()
     assert digest in log and "refusing to load it" in log
+
+
+def _line(path, index):
+    return path.read_text().splitlines()[index]
+
+
+def test_a_duplicated_line_is_refused_naming_the_file_and_line(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    test = task / "test.txt"
+    lines = test.read_text().splitlines()
+    test.write_text("\n".join([*lines[:-1], lines[2]]) + "\n")  # same count: the last line repeats the third
+    with pytest.raises(DataError, match=rf"test\.txt:{len(lines)}: image {lines[2].split()[0]} is listed again "
+                                        r"\(first at line 3\)"):
+        check_task_folder(task, 3)
+
+
+def test_an_evaluation_image_listed_in_the_training_split_is_refused(tmp_path):
+    task = write_vtab_task(tmp_path / "t")
+    trained = _line(task / "train800val200.txt", 4)
+    _rewrite_line(task / "test.txt", 1, trained)  # the final runs would score an image they trained on
+    with pytest.raises(DataError, match=rf"test\.txt:2: image {trained.split()[0]} is also in the training split "
+                                        r".*train800val200\.txt"):
+        check_task_folder(task, 3)
+
+
+@pytest.mark.parametrize("train_split, held_out", [("train800", "test"), ("train800", "val200")])
+def test_a_copy_of_a_training_image_in_an_evaluation_split_is_refused_by_content(tmp_path, train_split, held_out):
+    task = write_vtab_task(tmp_path / "t")
+    source = _line(task / f"{train_split}.txt", 0).split()[0]
+    copy = _line(task / f"{held_out}.txt", 2).split()[0]
+    (task / copy).write_bytes((task / source).read_bytes())  # another name, the same picture
+    if held_out == "val200":  # train800val200 holds val200's images by content: keep it their copy
+        n_train = len((task / "train800.txt").read_text().splitlines())
+        combined = _line(task / "train800val200.txt", n_train + 2).split()[0]
+        (task / combined).write_bytes((task / source).read_bytes())
+    with pytest.raises(DataError, match=rf"{held_out}\.txt:3: image {copy} has the same content .* as {source} "
+                                        rf"of the training split .*{train_split}\.txt"):
+        check_task_folder(task, 3)

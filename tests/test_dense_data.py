@@ -193,3 +193,19 @@ def test_voc_checks(tmp_path):
         check_dense_task("voc", root, 20, ["test2007"])
     with pytest.raises(DataError, match="not <set><year>"):
         voc_image_sets("everything")
+
+
+@pytest.mark.parametrize("layout", ["coco", "voc", "ade20k"])
+def test_a_corrupt_image_is_named_by_the_check_of_every_source(tmp_path, layout):
+    """Every image is decoded by the check (external data too), so a damaged file fails here, not in training."""
+    if layout == "voc":
+        root, splits, classes = _voc_tree(tmp_path / "voc0712"), ["trainval0712", "test2007"], 20
+        image = root / "VOC2012" / "JPEGImages" / "2008_1.jpg"
+    else:
+        root, splits, classes = tmp_path / layout, SPLITS, 3 if layout == "coco" else 4
+        generate_dense_task(layout, root, seed=0, sizes=SIZES)
+        image = sorted((root / "test" if layout == "coco" else root / "images" / "test").iterdir())[1]
+    check_dense_task(layout, root, classes, splits)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])  # a truncated download
+    with pytest.raises(DataError, match=rf"cannot decode image .*{image.name}"):
+        check_dense_task(layout, root, classes, splits)

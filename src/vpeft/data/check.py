@@ -2,7 +2,8 @@
 
 What is checked: the four split files exist and parse (`<path> <label>` per line), line counts match
 the expected sizes (VTAB-1k: 800 / 200 / 1000 / the task's test size), labels lie in
-[0, num_classes), train800val200 = train800 + val200, and every listed image exists and decodes.
+[0, num_classes), no line is listed twice, train800val200 = train800 + val200, no evaluation image
+(by path or by content) is in the split trained before it, and every listed image exists and decodes.
 Each image's sha256 goes into the manifest (vpeft.data.manifest) that training reads.
 """
 
@@ -113,6 +114,7 @@ def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = ""
     progress = Progress(f"{suite}/{task}", len(unique))
     hashes = dict(zip(unique, hash_images([task_dir / rel for rel in unique], decode, workers, progress)))
     _check_combined_split(items, hashes, task_dir)
+    check_held_out(items, hashes, files, LEAK_PAIRS)
     rows = [Row(split, rel, label, hashes[rel]) for split in SPLITS for rel, label in items[split]]
     splits = {}
     for split in SPLITS:
@@ -125,6 +127,41 @@ def check_task_folder(task_dir: str | Path, num_classes: int, *, suite: str = ""
     index = {"suite": suite, "task": task, "layout": "vtab", "task_dir": str(task_dir), "num_classes": num_classes,
              "source": source, "splits": splits}
     return (index, rows) if with_rows else index
+
+
+#: (training split, split it is evaluated on) in the VTAB protocols: tuning trains on train800 and
+#: scores val200; the final runs train on train800val200 (or train800) and score test.
+LEAK_PAIRS = (("train800", "val200"), ("train800", "test"), ("val200", "test"), ("train800val200", "test"))
+
+
+def check_held_out(items: dict, hashes: dict[str, str], files: dict, pairs) -> None:
+    """No image of an evaluation split is in the split trained before it, neither by path nor by
+    content (sha256): a copy under another name would be scored as unseen. `items[split]` lists
+    (path, label), `hashes` maps each path to its sha256, `files[split]` is the split's file."""
+    for train, held_out in pairs:
+        paths = {rel for rel, _ in items[train]}
+        for rel, _ in items[held_out]:
+            if rel in paths:
+                raise DataError(f"{_where(files[held_out], rel)}: image {rel} is also in the training split "
+                                f"{files[train]}; an evaluation image must not be trained on")
+    for train, held_out in pairs:
+        contents = {hashes[rel]: rel for rel, _ in items[train]}
+        for rel, _ in items[held_out]:
+            if hashes[rel] in contents:
+                raise DataError(f"{_where(files[held_out], rel)}: image {rel} has the same content (sha256 "
+                                f"{hashes[rel][:12]}...) as {contents[hashes[rel]]} of the training split "
+                                f"{files[train]}; an evaluation image must not be trained on")
+
+
+def _where(path: Path, rel: str) -> str:
+    """`path:line` of the line that lists `rel` (the file alone when it is not found as text)."""
+    try:
+        for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+            if rel in line:
+                return f"{path}:{lineno}"
+    except OSError:
+        pass
+    return str(path)
 
 
 def _check_combined_split(items: dict, hashes: dict[str, str], task_dir: Path) -> None:

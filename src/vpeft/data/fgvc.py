@@ -7,8 +7,9 @@ Class ids are mapped to 0..C-1 by sorting the ids of all three splits together (
 ids separately, which shifts labels whenever a split lacks a class; here that can not happen).
 
 Checked before training: the three files parse, ids are integers, the number of classes equals the
-config's, the training split has every class, no image is in two splits, every listed image exists
-and decodes (its sha256 goes into the manifest). Training reads the manifest only.
+config's, the training split has every class, no image is in two splits (by path or content) nor listed
+twice, every listed image exists and decodes (its sha256 goes into the manifest). Training reads the
+manifest only.
 
 Protocol splits map to files as train800 -> train, val200 -> val, train800val200 -> train + val,
 test -> test (the native names train / val / trainval / test work too).
@@ -21,7 +22,7 @@ import logging
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from .check import Progress, check_sizes, hash_images, resolve_task_folder
+from .check import Progress, check_held_out, check_sizes, hash_images, resolve_task_folder
 from .manifest import Row, read_rows
 from .protocols import for_layout
 from .splits import DataError
@@ -38,8 +39,16 @@ SPLITS = {
 def _read_json_split(path: Path) -> dict[str, int]:
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
+    def refuse_duplicates(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen and isinstance(value, int):  # json.loads would keep the last silently
+                raise DataError(f"{path}: image {key!r} is listed twice; remove the duplicated entry")
+            seen[key] = value
+        return seen
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=refuse_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or not data:
@@ -96,6 +105,9 @@ def check_task(task_dir: str | Path, num_classes: int, *, suite: str = "", task:
             raise DataError(f"{files[split]}: listed image {key} does not exist under {image_root}")
     progress = Progress(f"{suite}/{task}", len(listed))
     hashes = hash_images([image_root / key for _, key, _ in listed], decode, workers, progress)
+    by_split = {split: [(key, cid) for key, cid in annotations[split].items()] for split in SPLIT_FILES}
+    check_held_out(by_split, {key: digest for (_, key, _), digest in zip(listed, hashes)}, files,
+                   (("train", "val"), ("train", "test"), ("val", "test")))  # by content: same path is refused above
     rows: list[Row] = []
     for (split, key, cid), digest in zip(listed, hashes):
         rel = PurePosixPath(image_dir, key).as_posix() if image_dir not in ("", ".") else key

@@ -16,12 +16,13 @@ def read_split_file(path: str | Path, num_classes: int | None = None) -> list[tu
     """Return [(relative image path, label)], checking format and label range.
 
     Lines are `<relative path> <integer label>`; blank lines are ignored. Paths must stay inside the
-    task folder (no absolute paths, no `..`).
+    task folder (no absolute paths, no `..`); no image is listed twice.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
     items: list[tuple[str, int]] = []
+    first_line: dict[str, int] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -42,6 +43,10 @@ def read_split_file(path: str | Path, num_classes: int | None = None) -> list[tu
         rel = rel.strip()
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise DataError(f"{path}:{lineno}: image path {rel!r} must be relative to the task folder")
+        if rel in first_line:  # one image twice weighs it double in training or in the score
+            raise DataError(f"{path}:{lineno}: image {rel} is listed again (first at line {first_line[rel]}); "
+                            f"remove the duplicated line")
+        first_line[rel] = lineno
         items.append((rel, label))
     if not items:
         raise DataError(f"{path}: split file is empty")

@@ -6,7 +6,7 @@ Layouts (the task folder is `<suite root>/<task>`, as the download rules assembl
 * `coco`: `annotations/instances_<split>.json` + images in `<split>/` (COCO 2017: train2017, val2017).
   The json must parse, hold `images`, `annotations` and `categories` lists whose entries have the
   fields mmdet and pycocotools read; every annotation must name a listed image and category and carry
-  a box [x, y, w, h] with w, h >= 0; every listed image must exist.
+  a box [x, y, w, h] with w, h >= 0; every listed image must exist and decode.
 * `voc`: `VOC2007/`, `VOC2012/` (VOCdevkit's year folders) with `ImageSets/Main/<set>.txt`,
   `Annotations/<id>.xml`, `JPEGImages/<id>.jpg`. Split names: `trainval0712` (2007 + 2012 trainval,
   the dense papers' training set), `test2007`, and `<set><year>` in general.
@@ -63,13 +63,21 @@ def _missing_folder(task_dir: Path, layout: str, suite: str, source: str) -> str
 
 
 class _Manifest:
-    def __init__(self, task_dir: Path, hash_images: bool):
+    def __init__(self, task_dir: Path, hash_images: bool, decode: bool = True):
         self.task_dir = task_dir
         self.hash_images = hash_images
+        self.decode = decode
         self.rows: list[tuple] = []
 
     def add(self, split: str, kind: str, path: Path, *, force_hash: bool = False) -> str | None:
-        digest = _sha256(path) if (force_hash or self.hash_images) else None
+        if kind == "image" and self.decode:  # a corrupt image fails here, not hours into training
+            from ..data.manifest import decode_image
+
+            data = path.read_bytes()
+            decode_image(data, path)
+            digest = hashlib.sha256(data).hexdigest() if (force_hash or self.hash_images) else None
+        else:
+            digest = _sha256(path) if (force_hash or self.hash_images) else None
         self.rows.append((split, kind, path.relative_to(self.task_dir).as_posix(), path.stat().st_size, digest or ""))
         return digest
 
@@ -235,8 +243,8 @@ def check_dense_task(layout: str, task_dir: str | Path, num_classes: int, splits
     if not task_dir.is_dir():
         raise DataError(_missing_folder(task_dir, layout, suite, source))
     embedded = source == "embedded"
-    manifest = _Manifest(task_dir, embedded if hash_images is None else hash_images)
-    decode = embedded if decode is None else decode
+    decode = True if decode is None else decode
+    manifest = _Manifest(task_dir, embedded if hash_images is None else hash_images, decode)
     out = {}
     for split in dict.fromkeys(splits):
         log.info("checking %s split %s of %s", layout, split, task_dir)
