@@ -9,6 +9,7 @@ import pytest
 
 from vpeft.config import (
     ConfigError,
+    check_run_settings,
     load_method_configs,
     load_yaml,
     resolve_run,
@@ -107,3 +108,31 @@ def test_method_yaml_for_unregistered_method_is_rejected(tmp_path):
     (tmp_path / "magic.yaml").write_text("hparams: {}\n")
     with pytest.raises(ConfigError, match="no method named 'magic' is registered; valid: adapter"):
         load_method_configs(tmp_path, METHOD_SCHEMA)
+
+
+def test_shipped_settings_pass_the_load_time_checks(config, methods):
+    check_run_settings(config, resolve_suites(config), methods)
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("protocols", "vtab1k", "train_split"), "test", r"^protocols\.vtab1k\.train_split: 'test' holds the evaluation"),
+    (("protocols", "val", "train_split"), "train800val200",
+     r"^protocols\.val\.train_split: 'train800val200' holds the evaluation split 'val200'"),
+    (("protocols", "val", "eval_split"), "train800", r"^protocols\.val\.train_split: 'train800' holds the evaluation"),
+    (("protocols", "vpetl", "layouts", "fgvc", "train_split"), "test",
+     r"^protocols\.vpetl\.layouts\.fgvc\.train_split: 'test'"),
+    (("training", "warmup_epochs"), 101, r"^training\.warmup_epochs: warmup_epochs 101 is longer than the 100 epochs"),
+    (("suites", "vtab-mini", "training", "warmup_epochs"), 50,
+     r"^suites\.vtab-mini\.training\.warmup_epochs: warmup_epochs 50 is longer than the \d+ epochs"),
+    (("suites", "coco-mini", "data", "milestones"), [99], r"^suites\.coco-mini\.data\.milestones: \[99\] must lie inside"),
+    (("suites", "ade-mini", "data", "warmup_iters"), 10_000, r"^suites\.ade-mini\.data\.warmup_iters: 10000 must be below"),
+])
+def test_settings_that_cannot_be_meant_are_refused_when_the_workflow_loads(config, methods, path, value, message):
+    bad = copy.deepcopy(config)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    validate_against_schema(bad, SCHEMA)  # each value is valid on its own
+    with pytest.raises(ConfigError, match=message):
+        check_run_settings(bad, resolve_suites(bad), methods)

@@ -326,3 +326,30 @@ def test_selection_and_search_stages_run_before_their_methods(tmp_path):
     assert search["best"]["subnet"] == {k: v for k, v in subnet["hparams"].items() if k != "mode"}
     assert search["best"]["params"] == subnet["params"] <= search["settings"]["param_budget"]
     assert_all_runs_shown_ok(tmp_path / "reports/index.html", "vtab-mini", ("sct", "noah"), ("digits",))
+
+
+def test_readme_multi_process_config_on_the_command_line_is_accepted_and_report_inputs_are_relative(tmp_path):
+    """README: `--config distributed='{processes: 2, backend: gloo}'` (Snakemake passes the nested values
+    as strings: '2'); the report's inputs, the speed record included, are relative paths."""
+    for part in ("Snakefile", "workflow", "config", "assets", "src", "bench"):
+        (tmp_path / part).symlink_to(ROOT / part)
+    # the checkout's own Snakefile (its link), run from the checkout, with Snakemake's per-job blocks shown
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", "Snakefile", "-n", "--workflow-profile",
+                          "none", "--config", "distributed={processes: 2, backend: gloo}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-3000:]
+    report = dry.stdout[dry.stdout.index("rule report:"):]
+    inputs = next(line for line in report.splitlines() if line.strip().startswith("input:"))
+    names = inputs.split(":", 1)[1].split(", ")
+    assert "bench/results/latest.json" in [n.strip() for n in names], inputs[-300:]
+    assert not [n for n in names if n.strip().startswith("/")], inputs[-300:]
+
+
+def test_a_protocol_that_trains_on_its_evaluation_split_is_refused_when_the_workflow_loads(tmp_path):
+    config = yaml.safe_load(smoke_config(tmp_path).read_text())
+    config["protocols"]["vtab1k"]["train_split"] = "test"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = run_workflow(tmp_path, bad, "-n", check=False)
+    assert result.returncode != 0
+    assert "protocols.vtab1k.train_split: 'test' holds the evaluation split 'test'" in result.stdout + result.stderr

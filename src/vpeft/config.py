@@ -36,6 +36,29 @@ def _schema_validator(schema_path: Path, stamp: tuple):
     return jsonschema.Draft202012Validator(yaml.safe_load(schema_path.read_text()), registry=registry)
 
 
+def coerce_command_line_strings(data: dict, schema_path: str | Path) -> list[str]:
+    """Snakemake's `--config key='{a: 2, b: x}'` passes nested values as strings ('2'): each string the
+    schema refuses but whose YAML reading (a number, a boolean) it accepts is replaced by that reading,
+    in place. Returns the key paths changed."""
+    schema_path = Path(schema_path).resolve()
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in schema_path.parent.glob("*.schema.yaml")))
+    validator = _schema_validator(schema_path, stamp)
+    changed = []
+    for err in validator.iter_errors(data):
+        path = list(err.absolute_path)
+        if not path or not isinstance(err.instance, str):
+            continue
+        try:
+            value = yaml.safe_load(err.instance)
+        except yaml.YAMLError:
+            continue
+        if isinstance(value, (int, float, bool)) and _key_path(path) not in changed:
+            parent = functools.reduce(lambda node, key: node[key], path[:-1], data)
+            parent[path[-1]] = value
+            changed.append(_key_path(path))
+    return changed
+
+
 def validate_against_schema(data: dict, schema_path: str | Path, what: str = "config") -> None:
     """Validate with JSON Schema; raise ConfigError naming the key path of the first (deepest) error."""
     schema_path = Path(schema_path).resolve()
@@ -296,3 +319,61 @@ def method_search_space(config: dict, suites: dict[str, dict], method_configs: d
         space = deep_merge(space, raw.get("space"))
     return {section: {k: v for k, v in (entries or {}).items() if v is not None}
             for section, entries in space.items()}
+
+
+#: Splits that hold other splits' images (VTAB's train800val200 = train800 + val200).
+CONTAINED_SPLITS = {"train800val200": ("train800", "val200")}
+
+
+def check_run_settings(config: dict, suites: dict[str, dict], method_configs: dict[str, dict]) -> None:
+    """Refuse, when the workflow loads, settings that are accepted one by one but cannot be meant: a
+    protocol that trains on the split it evaluates (or on a test split), a warm-up longer than the
+    schedule, a dense recipe whose milestones or warm-up do not fit it. The error names the key."""
+    for name, protocol in (config.get("protocols") or {}).items():
+        for layout, override in [(None, protocol), *((protocol.get("layouts") or {}).items())]:
+            merged = {**protocol, **(override or {})}
+            where = f"protocols.{name}" + (f".layouts.{layout}" if layout else "")
+            _check_protocol_splits(merged, where)
+    for suite_name, suite in suites.items():
+        methods = suite_methods(suite_name, suite, method_configs)
+        dense = suite.get("kind") == "dense"
+        for task in suite.get("tasks") or {}:
+            for method in methods:
+                if dense:
+                    from .dense.recipes import check_schedule
+                    from .dense.settings import resolve_dense_run
+
+                    run = resolve_dense_run(config, suites, method_configs, suite_name, method, task, 0)
+                    _check_protocol_splits(run["protocol"], f"protocols.{suite['protocol']}")
+                    check_schedule(run)
+                    continue
+                training = resolve_run(config, suites, method_configs, suite_name, method, task, 0)["training"]
+                epochs, warmup = training.get("epochs"), training.get("warmup_epochs")
+                if isinstance(epochs, int) and isinstance(warmup, int) and warmup > epochs:
+                    where = _training_key(config, suite, suite_name, task, method_configs[method], method,
+                                          "warmup_epochs")
+                    raise ConfigError(f"{where}: warmup_epochs {warmup} is longer than the {epochs} epochs of "
+                                      f"{suite_name}/{method}/{task}; the learning rate would never reach lr")
+
+
+def _check_protocol_splits(protocol: dict, where: str) -> None:
+    train, held_out = protocol.get("train_split"), protocol.get("eval_split")
+    if train is None or held_out is None:
+        return
+    if train == held_out or held_out in CONTAINED_SPLITS.get(train, ()):
+        raise ConfigError(f"{where}.train_split: {train!r} holds the evaluation split {held_out!r}: the score "
+                          f"would be measured on training images; train on a split without it")
+    if str(train).startswith("test"):
+        raise ConfigError(f"{where}.train_split: {train!r} is a test split; nothing may be trained on it")
+
+
+def _training_key(config, suite, suite_name, task, m_yaml, method, key) -> str:
+    """The key path of the layer that set `training.<key>` last (as resolve_run merges them)."""
+    m_suite, m_task = _method_layers(m_yaml, suite, suite_name, task)
+    task_entry = (suite.get("tasks") or {}).get(task) or {}
+    layers = [("training", config.get("training")), (f"suites.{suite_name}.training", suite.get("training")),
+              (f"suites.{suite_name}.tasks.{task}.training", task_entry.get("training")),
+              (f"config/methods/{method}.yaml: training", m_yaml.get("training")),
+              (f"config/methods/{method}.yaml: suites.{suite_name}.training", m_suite.get("training")),
+              (f"config/methods/{method}.yaml: suites.{suite_name}.tasks.{task}.training", m_task.get("training"))]
+    return next(f"{path}.{key}" for path, layer in reversed(layers) if key in (layer or {}))

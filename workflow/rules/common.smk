@@ -1,5 +1,6 @@
 # Config validation and the input functions every rule uses. The logic lives in the library
 # (vpeft.config); this file only wires it to Snakemake.
+import os
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -10,6 +11,8 @@ from vpeft.methods import get_method_class  # noqa: E402
 from vpeft.methods.registry import method_report_info  # noqa: E402
 from vpeft.config import (  # noqa: E402
     ConfigError,
+    check_run_settings,
+    coerce_command_line_strings,
     data_root,
     load_method_configs,
     method_search_space,
@@ -28,6 +31,8 @@ ENV = "../../envs/vpeft.yaml"
 DENSE_ENV = "../../envs/dense.yaml"
 
 try:
+    # `--config distributed='{processes: 2, backend: gloo}'` reaches here as strings ('2')
+    coerce_command_line_strings(config, SCHEMAS / "config.schema.yaml")
     validate_against_schema(config, SCHEMAS / "config.schema.yaml")
     SUITES = resolve_suites(config)
     METHOD_CONFIGS = load_method_configs(Path(workflow.basedir) / "config" / "methods",
@@ -38,6 +43,7 @@ try:
     SUITE_METHODS = {name: suite_methods(name, suite, METHOD_CONFIGS) for name, suite in SUITES.items()}
     # Hyper-parameter search per suite (rule tune_method); None where tuning is off.
     SUITE_TUNING = {name: suite_tuning(config, SUITES, METHOD_CONFIGS, name) for name in SUITES}
+    check_run_settings(config, SUITES, METHOD_CONFIGS)  # protocols and schedules that cannot be meant
 except ConfigError as _err:
     raise WorkflowError(f"invalid configuration: {_err}") from None
 
@@ -325,7 +331,8 @@ def report_suites():
 def get_speed_benchmark(wildcards):
     """The committed speed benchmark record (bench/run.py), shown in the report when present."""
     path = Path(workflow.basedir) / "bench" / "results" / "latest.json"
-    return [str(path)] if path.exists() else []
+    # relative to the working directory: an absolute input would make a moved or copied checkout rebuild
+    return [os.path.relpath(path)] if path.exists() else []
 
 
 def build_report_after_failure():

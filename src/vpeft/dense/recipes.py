@@ -138,11 +138,43 @@ def _optim(run: dict, opts: RecipeOptions, device: str) -> dict:
             "paramwise_cfg": {"custom_keys": dict(NORM_DECAY_FREE)}}
 
 
+#: The papers' schedule of each recipe: LR milestones (epochs) or max_iters, and warm-up iterations.
+SCHEDULES = {"cascade-mask-rcnn": {"milestones": [27, 33], "warmup_iters": 500},
+             "retinanet": {"milestones": [3], "warmup_iters": 500},
+             "upernet": {"max_iters": 160_000, "warmup_iters": 1500}}
+
+
+def check_schedule(run: dict) -> None:
+    """The run's schedule fits: milestones inside the epochs, warm-up below max_iters (checked when the
+    workflow loads, vpeft.config.check_run_settings, and again when the config is built)."""
+    opts = recipe_options(run)
+    schedule = SCHEDULES.get(opts.recipe or run["dense"]["recipe"])
+    where = f"suites.{run['suite']}.data"
+    if schedule is None:
+        return  # an unknown recipe is refused by build_config, naming the valid ones
+    if "milestones" in schedule:
+        epochs = int(run["training"]["epochs"])
+        milestones = [int(m) for m in _pick(opts.milestones, schedule["milestones"])]
+        if any(not 0 < m < epochs for m in milestones):
+            raise ConfigError(f"{where}.milestones: {milestones} must lie inside the {epochs} epochs "
+                              f"(suites.{run['suite']}.training.epochs): each LR drop after epoch 0 and before the last")
+        if int(_pick(opts.warmup_iters, schedule["warmup_iters"])) < 0:
+            raise ConfigError(f"{where}.warmup_iters must not be negative")
+    else:
+        iters = int(_pick(opts.max_iters, schedule["max_iters"]))
+        warmup = int(_pick(opts.warmup_iters, schedule["warmup_iters"]))
+        if not 0 <= warmup < iters:
+            raise ConfigError(f"{where}.warmup_iters: {warmup} must be below max_iters {iters}")
+
+
+def _epoch_defaults(recipe: str) -> dict:
+    return {"milestones_default": SCHEDULES[recipe]["milestones"], "warmup_default": SCHEDULES[recipe]["warmup_iters"]}
+
+
 def _epoch_schedule(run: dict, opts: RecipeOptions, milestones_default: list, warmup_default: int) -> tuple:
+    check_schedule(run)
     epochs = int(run["training"]["epochs"])
     milestones = [int(m) for m in _pick(opts.milestones, milestones_default)]
-    if any(not 0 < m < epochs for m in milestones):
-        raise ConfigError(f"dense recipe: milestones {milestones} must lie inside the {epochs} epochs")
     warmup = int(_pick(opts.warmup_iters, warmup_default))
     schedulers = [{"type": "LinearLR", "start_factor": 0.001, "by_epoch": False, "begin": 0, "end": warmup}] \
         if warmup else []
@@ -257,7 +289,7 @@ def cascade_mask_rcnn(run: dict, classes: list[str], opts: RecipeOptions, base_d
     train_loader, test_loader = _loaders(run, dataset(train_split, train_pipeline, False),
                                          dataset(eval_split, test_pipeline, True),
                                          batch_sampler={"type": "AspectRatioBatchSampler"})
-    train_cfg, schedulers = _epoch_schedule(run, opts, [27, 33], 500)
+    train_cfg, schedulers = _epoch_schedule(run, opts, **_epoch_defaults("cascade-mask-rcnn"))
     return {
         "default_scope": "mmdet", "model": model, "train_dataloader": train_loader, "train_cfg": train_cfg,
         "optim_wrapper": _optim(run, opts, device), "param_scheduler": schedulers,
@@ -318,7 +350,7 @@ def retinanet(run: dict, classes: list[str], opts: RecipeOptions, base_dir: str,
         train_set = {"type": "RepeatDataset", "times": repeat, "dataset": train_set}
     train_loader, test_loader = _loaders(run, train_set, dataset(run["protocol"]["eval_split"], test_pipeline, True),
                                          batch_sampler={"type": "AspectRatioBatchSampler"})
-    train_cfg, schedulers = _epoch_schedule(run, opts, [3], 500)
+    train_cfg, schedulers = _epoch_schedule(run, opts, **_epoch_defaults("retinanet"))
     return {
         "default_scope": "mmdet", "model": model, "train_dataloader": train_loader, "train_cfg": train_cfg,
         "optim_wrapper": _optim(run, opts, device), "param_scheduler": schedulers,
@@ -375,10 +407,9 @@ def upernet(run: dict, classes: list[str], opts: RecipeOptions, base_dir: str, d
                                          dataset(run["protocol"]["eval_split"], test_pipeline),
                                          sampler="InfiniteSampler")
     test_loader["batch_size"] = 1  # whole-image inference on images of different sizes
-    iters = int(_pick(opts.max_iters, 160_000))
-    warmup = int(_pick(opts.warmup_iters, 1500))
-    if not 0 <= warmup < iters:
-        raise ConfigError(f"dense recipe upernet: warmup_iters {warmup} must be below max_iters {iters}")
+    check_schedule(run)
+    iters = int(_pick(opts.max_iters, SCHEDULES["upernet"]["max_iters"]))
+    warmup = int(_pick(opts.warmup_iters, SCHEDULES["upernet"]["warmup_iters"]))
     schedulers = ([{"type": "LinearLR", "start_factor": 1e-6, "by_epoch": False, "begin": 0, "end": warmup}] if warmup
                   else []) + [{"type": "PolyLR", "eta_min": 0.0, "power": 1.0, "begin": warmup, "end": iters,
                                "by_epoch": False}]
