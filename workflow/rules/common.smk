@@ -19,6 +19,7 @@ from vpeft.config import (  # noqa: E402
     runs_search,
     suite_methods,
     suite_tuning,
+    task_folder,
     validate_against_schema,
 )
 
