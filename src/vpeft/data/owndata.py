@@ -12,8 +12,8 @@ Classes are the class folder names (csv: the labels), sorted, numerically when e
 integer; label i is the i-th. Splits the data lacks are derived, deterministic and stratified: test
 (when there is none) from the training pool, then val from what is left, then, when `split.train` is
 set, the training images kept (VTAB-1k: `split: {val: 200, train: 800}`); `SplitSettings` holds the
-defaults. An image's place depends only on the seed and its content hash, so renaming or adding
-files never moves the others, and identical images always land in the same split.
+defaults. An image's place depends only on the seed and its content hash (its rank within its
+class), so renaming files moves nothing and identical images always land in the same split.
 
 The check (rule check_own_data) decodes every image, refuses empty class folders, unreadable images,
 an image (by path or content) in two splits and identical images with two labels, and writes the
