@@ -9,6 +9,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -212,7 +214,7 @@ def test_csv_without_split_column_derives_test_and_val_and_orders_integer_labels
 
 
 @pytest.mark.parametrize("content, message", [
-    ("path,label\ncircle/000.png,circle\ncircle/000.png,square\n", r"list\.csv:3: image circle/000\.png is listed twice \(also at .*list\.csv:2\)"),
+    ("path,label\ncircle/000.png,circle\n./circle/000.png,square\n", r"list\.csv:3: image circle/000\.png is listed twice \(also at .*list\.csv:2\)"),
     ("circle/000.png,circle,train\ncircle/001.png,circle,holdout\n", r"list\.csv:2: split 'holdout'; valid: train, val, test"),
     ("circle/000.png,circle\ncircle/404.png,circle\n", r"list\.csv:2: image .*circle/404\.png not found"),
     ("circle/000.png,\n", r"list\.csv:1: empty label"),
@@ -362,6 +364,12 @@ def test_readme_minimal_form_is_planned_with_the_real_backbone(split_folder, tmp
                                       "train_run": 3, "suite_table": 1, "report": 1, "all": 1}, dry.stdout[-3000:]
     targets = run_workflow(work, work / "my.yaml", "-n", "--list-target-rules").stdout
     assert "results/mydata/ssf/" in targets and "results/mydata/lora/" in targets
+    # the README's cost line: one job per method, all of train/ (+ its derived val) x the default 100 epochs
+    plan = subprocess.run([sys.executable, "-m", "vpeft.cli", "plan", "--configfile", "config/config.yaml", "my.yaml",
+                           "--suite", "mydata", "--json"], cwd=work, capture_output=True, text=True, check=True)
+    rows = json.loads(plan.stdout)
+    assert [(r["method"], r["jobs"], r["train_samples"], r["eval_samples"]) for r in rows] == [
+        (m, 1, 33 * 100, 12) for m in ("linear", "lora", "ssf")]
 
 
 @pytest.mark.slow

@@ -222,6 +222,7 @@ def read_csv_listing(csv_path: str | Path, root: str | Path | None = None) -> Li
         if len(cells) != width:
             raise DataError(f"{where}: {len(cells)} columns, the file's other rows have {width}")
         path, label = cells[columns["path"]], cells[columns["label"]]
+        path = Path(path).as_posix() if path else path  # ./a.png and a.png are one image
         split = cells[columns["split"]].lower() if has_split else "train"
         if not path or not label:
             raise DataError(f"{where}: empty {'path' if not path else 'label'}")
