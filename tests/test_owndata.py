@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from helpers.configs import shipped_config, write_config
 from helpers.report import read_report
 from helpers.snake import ROOT, job_counts, run_workflow
@@ -214,13 +213,16 @@ def test_csv_without_split_column_derives_test_and_val_and_orders_integer_labels
 
 
 @pytest.mark.parametrize("content, message", [
-    ("path,label\ncircle/000.png,circle\n./circle/000.png,square\n", r"list\.csv:3: image circle/000\.png is listed twice \(also at .*list\.csv:2\)"),
-    ("circle/000.png,circle,train\ncircle/001.png,circle,holdout\n", r"list\.csv:2: split 'holdout'; valid: train, val, test"),
+    ("path,label\ncircle/000.png,circle\n./circle/000.png,square\n",
+     r"list\.csv:3: image circle/000\.png is listed twice \(also at .*list\.csv:2\)"),
+    ("circle/000.png,circle,train\ncircle/001.png,circle,holdout\n",
+     r"list\.csv:2: split 'holdout'; valid: train, val, test"),
     ("circle/000.png,circle\ncircle/404.png,circle\n", r"list\.csv:2: image .*circle/404\.png not found"),
     ("circle/000.png,\n", r"list\.csv:1: empty label"),
     ("circle/000.png,circle,test\n", r"list\.csv: no row has split 'train'"),
     ("path,label,kind\ncircle/000.png,circle,x\n", r"list\.csv:1: unknown column\(s\) \['kind'\]"),
-    ("circle/000.png,circle,train\nsquare/000.png,square,test\n", r"list\.csv:2: class 'square' has test images but no training image"),
+    ("circle/000.png,circle,train\nsquare/000.png,square,test\n",
+     r"list\.csv:2: class 'square' has test images but no training image"),
 ])
 def test_csv_errors_name_the_file_and_line(tmp_path, content, message):
     root = write_folder(tmp_path / "imgs", {"": {"circle": 2, "square": 2}})
@@ -235,7 +237,8 @@ def test_an_empty_class_folder_is_named(split_folder):
     with pytest.raises(DataError, match=r"class folder .*train/empty holds no images"):
         check_imagefolder_task(split_folder, None)
     (split_folder / "train" / "empty" / "notes.txt").write_text("no pictures here")
-    with pytest.raises(DataError, match=r"train/empty holds no images .*1 other file\(s\), e\.g\. train/empty/notes\.txt"):
+    with pytest.raises(DataError, match=r"train/empty holds no images .*1 other file\(s\), "
+                                        r"e\.g\. train/empty/notes\.txt"):
         list_imagefolder(split_folder)
 
 
