@@ -112,7 +112,7 @@ def read_checked_bytes(path: Path, sha256: str) -> bytes:
         raise DataError(f"image not found: {path} (listed in the task manifest)") from None
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DataError(f"image {path} changed since the data check (sha256 differs from the manifest); "
-                        f"re-run check_task_data")
+                        f"re-run check_task_data (your own images: snakemake --forcerun check_own_data)")
     return data
 
 
