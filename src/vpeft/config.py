@@ -110,7 +110,21 @@ def resolve_suites(config: dict) -> dict[str, dict]:
         resolved[name] = merged
     for name, suite in resolved.items():
         suite.setdefault("data_suite", name)
-    return resolved
+    return {name: _complete_own_data(name, suite) for name, suite in resolved.items()}
+
+
+def _complete_own_data(name: str, suite: dict) -> dict:
+    """A suite of the user's own images (layouts imagefolder, csv): its task, classes and split sizes
+    read from the folder (vpeft.data.owndata); other suites as they are."""
+    from .data.owndata import LAYOUTS, complete_suite
+    from .data.splits import DataError
+
+    if suite.get("layout") not in LAYOUTS:
+        return suite
+    try:
+        return complete_suite(name, suite)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_method_configs(methods_dir: str | Path, schema_path: str | Path | None = None) -> dict[str, dict]:
@@ -158,6 +172,12 @@ def data_root(config: dict, suites: dict[str, dict], suite_name: str) -> str:
     if not suite.get("root"):
         raise ConfigError(f"suites.{suite_name}.root: an external suite needs the folder of its data")
     return suite["root"]
+
+
+def task_folder(config: dict, suites: dict[str, dict], suite_name: str, task: str) -> str:
+    """A task's folder: <data root>/<task>, or the dataset folder itself for an own-data suite."""
+    path = (suites[suite_name]["tasks"][task] or {}).get("path")
+    return str(path) if path else str(Path(data_root(config, suites, suite_name)) / task)
 
 
 def suite_methods(suite_name: str, suite: dict, method_configs: dict[str, dict]) -> list[str]:
@@ -250,7 +270,7 @@ def resolve_run(config: dict, suites: dict[str, dict], method_configs: dict[str,
         "task": task,
         "method": method,
         "seed": int(seed),
-        "task_dir": str(Path(data_root(config, suites, suite_name)) / task),
+        "task_dir": task_folder(config, suites, suite_name, task),
         "num_classes": int(task_entry["num_classes"]),
         "backbone": backbone,
         "protocol": protocol,

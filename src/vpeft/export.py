@@ -158,6 +158,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *,
 
 def _export_record(loaded: LoadedRun, fmt: str, files: list[str]) -> dict:
     spec = loaded.spec
+    # own data (vpeft.data.owndata): the class name of each output, in label order
+    classes = {"classes": loaded.run.data["classes"]} if "classes" in (loaded.run.data or {}) else {}
     return {"format": fmt, "files": files, "method": loaded.method.name,
             "method_config": loaded.method.config.to_dict(), "backbone": {
                 "name": spec.name, "arch": spec.arch, "checkpoint": spec.checkpoint,
@@ -167,7 +169,7 @@ def _export_record(loaded: LoadedRun, fmt: str, files: list[str]) -> dict:
                 "interpolation": spec.interpolation},
             "num_classes": loaded.run.num_classes, "seed": loaded.run.seed,
             "suite": loaded.run.suite, "task": loaded.run.task,
-            "metric": (loaded.metrics or {}).get("metric")}
+            "metric": (loaded.metrics or {}).get("metric"), **classes}
 
 
 def _export_timm(run_dir: Path, out: Path, base_dir) -> Path:

@@ -22,6 +22,7 @@ from vpeft.config import (  # noqa: E402
     runs_search,
     suite_methods,
     suite_tuning,
+    task_folder,
     validate_against_schema,
 )
 

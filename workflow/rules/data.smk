@@ -5,6 +5,8 @@
 #   prepare_task_folder     archives -> <root>/<task>/                    (sha256 checked again, safe
 #                                                                          extraction, atomic rename)
 #   check_task_data         <root>/<task>/ -> <resources>/index/<suite>/<task>.json + .manifest.csv
+#   check_own_data          your folder or csv -> the same index and manifest, + .splits.csv (the
+#                                                 derived train / val / test assignment)
 include: "data_inputs.smk"
 
 
@@ -76,8 +78,32 @@ rule check_task_data:
     log:
         "logs/data/check/{suite}/{task}.log",
     wildcard_constraints:
-        suite=_regex_alternatives({n for n, s in SUITES.items() if s["kind"] == "image"}),
+        suite=_regex_alternatives({n for n, s in SUITES.items() if s["kind"] == "image"} - set(OWN_DATA_SUITES)),
     threads: get_data_check_threads  # decodes and hashes every image once, in parallel
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        cpus_per_task=get_data_check_threads,
+    conda:
+        ENV
+    script:
+        "../scripts/check_task_data.py"
+
+
+# The user's own images (layouts imagefolder, csv): the same check and outputs, plus the split file
+# that records how the splits the data lacks were derived (vpeft.data.owndata).
+rule check_own_data:
+    output:
+        index=f"{RES}/index/{{suite}}/{{task}}.json",
+        manifest=f"{RES}/index/{{suite}}/{{task}}.manifest.csv",
+        splits=f"{RES}/index/{{suite}}/{{task}}.splits.csv",
+    params:
+        task=get_check_params,
+    log:
+        "logs/data/check/{suite}/{task}.log",
+    wildcard_constraints:
+        suite=_regex_alternatives(OWN_DATA_SUITES),
+    threads: get_data_check_threads
     resources:
         mem_mb=8000,
         runtime=240,

@@ -3,9 +3,15 @@
 # vpeft.download, vpeft.data.prepare and the layouts' checkers.
 import re
 
+from vpeft.data.owndata import LAYOUTS as OWN_DATA_LAYOUTS, check_options as own_check_options
+
 DOWNLOAD_LOCK = config.get("download_lock")
 # What a manual copy of each layout is called in messages (and where to read about its format).
 LAYOUT_COPIES = {"vtab": "VTAB-1k copy in the NOAH layout", "fgvc": "FGVC copy in the VPT json layout"}
+
+
+# Suites of the user's own images: checked by rule check_own_data.
+OWN_DATA_SUITES = sorted({s["data_suite"] for s in SUITES.values() if s["layout"] in OWN_DATA_LAYOUTS})
 
 
 def downloaded_data_suites():
@@ -98,11 +104,13 @@ def get_check_input(wildcards):
 def get_check_params(wildcards):
     suite = SUITES[wildcards.suite]
     entry = suite["tasks"][wildcards.task]
-    options = {"layout": suite["layout"], "task_dir": f"{suite_data_root(wildcards.suite)}/{wildcards.task}",
+    options = {"layout": suite["layout"], "task_dir": task_folder(config, SUITES, wildcards.suite, wildcards.task),
                "num_classes": entry["num_classes"], "suite": wildcards.suite, "task": wildcards.task,
                "source": suite["source"], "sizes": {**(suite.get("sizes") or {}), **(entry.get("sizes") or {})},
                # a downloaded folder is always <root>/<task>; other copies may use another name
                "folders": [] if suite["source"] == "download" else task_folder_names(wildcards.suite, wildcards.task)[1:]}
     if "image_dir" in entry:
         options["image_dir"] = entry["image_dir"]
+    if wildcards.suite in OWN_DATA_SUITES:
+        options.update(own_check_options(suite))
     return options

@@ -13,6 +13,8 @@ from vpeft.logs import log_to_file  # noqa: E402
 log_to_file(snakemake.log[0])
 options = dict(snakemake.params.task)
 layout = options.pop("layout")
+if "splits" in snakemake.output.keys():  # own data: the derived split assignment (rule check_own_data)
+    options["split_file"] = snakemake.output.splits
 # image layouts (vtab, fgvc): decode and hash on the job's threads
 index, rows = get_checker(layout)(options.pop("task_dir"), options.pop("num_classes"), workers=snakemake.threads,
                                   **options)

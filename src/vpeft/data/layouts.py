@@ -35,11 +35,15 @@ LAYOUTS = {
     "vtab": "vpeft.data.vtab",
     "fgvc": "vpeft.data.fgvc",
     "video-csv": "vpeft.video.layout",
+    "imagefolder": "vpeft.data.owndata",
+    "csv": "vpeft.data.owndata",
 }
 
 CHECKERS = {
     "vtab": "vpeft.data.check:check_vtab_task",
     "fgvc": "vpeft.data.fgvc:check_task",
+    "imagefolder": "vpeft.data.owndata:check_imagefolder_task",
+    "csv": "vpeft.data.owndata:check_csv_task",
 }
 
 

@@ -94,6 +94,16 @@ def read_rows(index_path: str | Path, splits: list[str]) -> tuple[Path, list[Row
     return Path(index["task_dir"]), [row for s in splits for row in by_split[s]]
 
 
+def rows_by_class(index_path: str | Path, splits: list[str]) -> tuple[Path, dict[int, list[Row]]]:
+    """(task folder, label -> rows of `splits` in manifest order): e.g. for drawing k training images
+    per class (own data and VTAB: ["train800"]; FGVC: ["train"])."""
+    task_dir, rows = read_rows(index_path, splits)
+    by_class: dict[int, list[Row]] = {}
+    for row in rows:
+        by_class.setdefault(row.label, []).append(row)
+    return task_dir, dict(sorted(by_class.items()))
+
+
 def read_checked_bytes(path: Path, sha256: str) -> bytes:
     """An image file's bytes, refused when they differ from the manifest's hash."""
     try:
@@ -102,7 +112,7 @@ def read_checked_bytes(path: Path, sha256: str) -> bytes:
         raise DataError(f"image not found: {path} (listed in the task manifest)") from None
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DataError(f"image {path} changed since the data check (sha256 differs from the manifest); "
-                        f"re-run check_task_data")
+                        f"re-run check_task_data (your own images: snakemake --forcerun check_own_data)")
     return data
 
 
