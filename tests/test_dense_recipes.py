@@ -207,3 +207,38 @@ def test_export_writes_a_toolbox_config(tmp_path):
     assert cfg.custom_imports["imports"] == ["vpeft.dense.backbone"]
     assert cfg.model.backbone.method == "lora" and cfg.model.decode_head.num_classes == 150
     assert cfg.optim_wrapper.type == "AmpOptimWrapper"  # the papers' fp16 on a GPU
+
+
+def test_only_the_runs_own_checkpoint_folder_loads_without_pickle_restrictions(tmp_path):
+    """vpeft-run:// loads a pickled runner state (torch's weights_only default refuses it) from a folder
+    stamped as a run's own, refuses any other folder, and names a damaged checkpoint in one line."""
+    import torch
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner import CheckpointLoader
+
+    from vpeft.dense.checkpoints import SCHEME, STAMP, DenseCheckpointError, own_checkpoint
+
+    state = {"meta": {"epoch": 1}, "message_hub": {"x": HistoryBuffer([1.0, 3.0], [1, 1])}}  # as mmengine saves it
+    foreign = tmp_path / "downloaded" / "epoch_1.pth"
+    foreign.parent.mkdir()
+    torch.save(state, foreign)
+    with pytest.raises(Exception, match="Unsupported global|weights_only"):
+        torch.load(foreign)  # what mmengine's own loader does
+    with pytest.raises(DenseCheckpointError, match=f"{foreign}: not in a vpeft run's checkpoint folder"):
+        CheckpointLoader.load_checkpoint(SCHEME + str(foreign))
+
+    own = tmp_path / "checkpoint"
+    own.mkdir()
+    (own / STAMP).write_text("abc")
+    assert own_checkpoint(own) is None
+    torch.save(state, own / "epoch_1.pth")
+    (own / "last_checkpoint").write_text(str(own / "epoch_1.pth"))
+    uri = own_checkpoint(own)
+    assert uri == SCHEME + str((own / "epoch_1.pth").resolve())
+    assert CheckpointLoader.load_checkpoint(uri)["message_hub"]["x"].mean() == 2.0
+    (own / "epoch_1.pth").write_bytes((own / "epoch_1.pth").read_bytes()[:40])
+    with pytest.raises(DenseCheckpointError, match=r"epoch_1\.pth: unreadable checkpoint") as caught:
+        CheckpointLoader.load_checkpoint(uri)
+    assert "\n" not in str(caught.value)
+    (own / "last_checkpoint").write_text(str(own / "epoch_2.pth"))  # an older vpeft deleted it first
+    assert own_checkpoint(own) is None

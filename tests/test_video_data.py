@@ -246,3 +246,28 @@ def test_clips_decode_in_dataloader_worker_processes(mini_task):
         assert all(torch.equal(a, b) for a, (b, _) in zip(inline, loader, strict=True))
     train = DataLoader(layout.train_dataset(_run(mini_task), spec, None), batch_size=6, num_workers=2)
     assert [tuple(clips.shape) for clips, _ in train] == [(6, 3, 4, 32, 32)] * 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ("duplicate", r"test\.csv: video .*000002\.mp4 is listed again \(entry 13, first at entry 3\)"),
+    ("same-path", r"train800val200\.csv and .*test\.csv both list .*test/000004\.mp4"),
+    ("same-content", r"test\.csv: video .*test/000005\.mp4 has the same content \(sha256\) as .*train800val200\.csv"),
+])
+def test_the_check_refuses_a_duplicated_line_and_a_video_in_training_and_evaluation_splits(mini_task, tmp_path,
+                                                                                          change, message):
+    import shutil
+
+    copy = tmp_path / "motion"
+    shutil.copytree(mini_task, copy)
+    test, train = copy / "test.csv", copy / "train800val200.csv"
+    lines = test.read_text().splitlines()
+    if change == "duplicate":
+        test.write_text("\n".join([*lines, lines[2]]) + "\n")
+    elif change == "same-path":
+        train.write_text(train.read_text() + lines[4] + "\n")
+    else:  # a training video copied under a test name, manifest rewritten to match
+        source = train.read_text().splitlines()[0].split(",")[0]
+        (copy / "videos/test/000005.mp4").write_bytes((copy / source).read_bytes())
+        (copy / "manifest.json").unlink()
+    with pytest.raises(DataError, match=message):
+        check_video_task(copy, 6, ["train800val200.csv", "test.csv"])
