@@ -21,6 +21,8 @@ AdaLoRA's schedule is driven by the run's optimiser steps: `total_step` is the e
 and `tinit` / `tfinal` come from `schedule` as fractions of it; `update_and_allocate` runs after
 every optimiser step (`begin_training`). peft adds AdaLoRA's orthogonal regulariser only to a
 transformers output that carries a `.loss`; a timm model returns logits, so it is not applied here.
+The rank allocator's running sensitivities live in the tuner, not in the trained tensors: a run
+resumed from a checkpoint restarts them (an uninterrupted run is what the results are).
 """
 
 from __future__ import annotations
