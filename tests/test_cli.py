@@ -40,7 +40,7 @@ def test_methods_lists_family_mergeable_stages_reference(capsys):
     assert "2022" in rows["lora"]["reference"]
     families = [r["family"] for r in rows.values()]
     assert families == sorted(families, key=["baseline", "partial", "addition", "reparameterization", "side",
-                                             "unified"].index), "listed in table order"
+                                             "unified", "peft"].index), "listed in table order"
 
 
 def test_methods_markdown_is_the_readme_table(capsys):

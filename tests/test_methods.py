@@ -105,6 +105,23 @@ CASES = {
                    lambda a=2, b=8, m=D // 2: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D)),
     "e3va": Case({"bottleneck": 8, "kernel_rank": 2}, {},  # LoRand-style adapters x 2 per block + final norm
                  lambda a=2, b=8, m=D // 2: L * 2 * (a * (2 * b * (D + m) + b * b) + m + D) + 2 * D),
+    # huggingface peft's tuners (hf_peft.py), at their defaults on ViT-B/16: formulas from each tuner's shapes
+    "peft-lora": Case({"args": {"r": 4}}, {}, lambda: L * 8 * (D + 3 * D)),  # A (r x d), B (3d x r) on qkv
+    "peft-dora": Case({"args": {"r": 4}}, {}, lambda: L * (8 * (D + 3 * D) + 3 * D)),  # + magnitude per output
+    "peft-rslora": Case({"args": {"r": 4}}, {}, lambda: L * 8 * (D + 3 * D)),
+    "peft-pissa": Case({"args": {"r": 4}}, {}, lambda: L * 8 * (D + 3 * D), identity=False),  # W_res + BA = W, rounded
+    "peft-vera": Case({"args": {"r": 16}}, {}, lambda: L * (256 + 3 * D)),  # lambda_d (r) + lambda_b (3d)
+    "peft-oft": Case({"args": {"oft_block_size": 16}}, {}, lambda: L * (D // 32) * (32 * 31 // 2)),  # skew blocks
+    "peft-boft": Case({}, {}, lambda: L * ((D // 4) * 4 * 4 + 3 * D)),  # butterfly blocks (m = 1) + output scale
+    "peft-hra": Case({"args": {"r": 4}}, {}, lambda: L * 8 * D,  # r Householder vectors of length d
+                     identity=False),  # its reflection pairs cancel only up to float rounding
+    "peft-ia3": Case({}, {}, lambda: L * (3 * D + H)),  # qkv output scale + fc2 input scale
+    "peft-loha": Case({"args": {"r": 4, "alpha": 4}}, {}, lambda: L * 2 * 8 * (D + 3 * D)),
+    "peft-lokr": Case({}, {},  # 3d x d = (48 x 48) x (24 x 32): w1 48 x 24 full, w2 = (48 x r)(r x 32)
+                      lambda: L * (48 * 24 + 8 * (48 + 32))),
+    "peft-adalora": Case({"args": {"init_r": 4, "target_r": 2}}, {}, lambda: L * (12 * (D + 3 * D) + 12)),  # P, Q, E
+    "peft-fourierft": Case({"args": {"n_frequency": 50}}, {}, lambda: L * 3000, identity=False),  # Gaussian init
+    "peft-ln-tuning": Case(formula=lambda: L * 2 * 2 * D + 2 * D, published=38_400),
 }
 # Why a published count (V-PETL's tables, published/*.csv) is not the `formula` at the case's settings.
 PUBLISHED_DIFFERS = {
@@ -123,7 +140,8 @@ PUBLISHED_DIFFERS = {
     "noah": "printed 0.43 M is NOAH's own counting of its searched subnets, not reproduced (noah.py)",
     "bapat": "printed 2.06 M (ViT-B) is at a setting the released code (Video Swin only) does not give (bapat.py)",
 }
-REAL_WEIGHTS_TO_COUNT = {"hst"}  # builds its side network from the backbone's weights
+REAL_WEIGHTS_TO_COUNT = {"hst",  # builds its side network from the backbone's weights
+                         "peft-boft"}  # peft's BOFT reads tensor values while building (no meta device)
 IDENTITY_AT_INIT = sorted(name for name, case in CASES.items() if case.identity)
 
 
@@ -170,10 +188,7 @@ def test_only_method_tensors_and_head_are_trainable(name):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     head = {"head.weight", "head.bias"}
     assert head <= trainable
-    owned = set()
-    for prefix, module in model.named_modules():
-        if module in method_layers(model):
-            owned |= {f"{prefix}.{n}" for n, _ in module.method_parameters()}
+    owned = set(applied.method.method_parameter_names(model))  # its MethodLayers' (peft: peft's layers')
     rest = trainable - head - owned
     if name == "full":
         assert trainable == {n for n, _ in model.named_parameters()}
@@ -267,9 +282,8 @@ def test_merged_model_equals_unmerged(name):
     model = small_vit().eval()
     applied = apply_case(name, model, CASES[name].small)
     with torch.no_grad():  # move away from the identity init so merging has something to fold in
-        for layer in method_layers(model):
-            for _, p in layer.method_parameters():
-                p.normal_(0, 0.1)
+        for param_name in applied.method.method_parameter_names(model):
+            model.get_parameter(param_name).normal_(0, 0.1)
     x, _ = batch()
     with torch.no_grad():
         before = model(x)

@@ -10,6 +10,9 @@
   len(targets) * r on `qkv`: A stacks the targets' A's, B holds each target's B in its third's rows
   and columns (zeros elsewhere), and alpha scales by the same alpha / r. Written with our own code
   (peft is not needed to export, only to load).
+  The `peft-*` methods (huggingface peft's own tuners) are exported by peft itself: their adapter
+  and the head (`modules_to_save`) loaded into a `PeftModel` on the plain backbone, written by
+  `save_pretrained`.
 * `export_timm(run_dir, out)`: for mergeable methods, the merged plain timm state dict
   (`model.safetensors`) for `timm.create_model(arch, checkpoint_path=..., num_classes=...)`.
 """
@@ -37,7 +40,7 @@ def exportable_methods(fmt: str) -> list[str]:
     from .methods import available_methods, get_method_class
 
     if fmt == "peft":
-        return list(_PEFT_CONVERTERS)
+        return list(_PEFT_CONVERTERS) + [m for m in available_methods() if _is_peft_tuner(m)]
     if fmt == "timm":
         return [m for m in available_methods() if get_method_class(m).mergeable]
     raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -148,6 +151,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *,
     out = Path(out) if out is not None else run_dir / fmt
     method = read_trained_tensors(run_dir / TRAINED_TENSORS).meta["method"]
     if fmt == "peft":
+        if _is_peft_tuner(method):
+            return _export_peft_tuner(run_dir, out, base_dir)
         if method not in _PEFT_CONVERTERS:
             raise _refuse(method, fmt, "peft has no layer that computes the same function")
         return _export_peft(run_dir, out, base_dir)
@@ -200,6 +205,46 @@ def _export_peft(run_dir: Path, out: Path, base_dir) -> Path:
               "use_rslora": False, "use_dora": False, "modules_to_save": [head], **config}
     atomic_write_bytes(out / "adapter_model.safetensors", save(state, metadata={"format": "pt"}))
     atomic_write_json(out / "adapter_config.json", config)
+    atomic_write_json(out / "vpeft_export.json",
+                      _export_record(loaded, "peft", ["adapter_config.json", "adapter_model.safetensors"]))
+    return out
+
+
+def _is_peft_tuner(method: str) -> bool:
+    from .methods import available_methods, get_method_class
+    from .methods.hf_peft import PeftTunerMethod
+
+    return method in available_methods() and issubclass(get_method_class(method), PeftTunerMethod)
+
+
+def _export_peft_tuner(run_dir: Path, out: Path, base_dir) -> Path:
+    """A peft-* run written by peft: the trained adapter and head copied into a `PeftModel` built with the
+    run's peft config on the plain backbone, then `save_pretrained`."""
+    import peft
+
+    from .engine.train import build_run_model, seed_everything
+    from .methods.hf_peft import ADAPTER
+
+    loaded = load_run(run_dir, base_dir=base_dir, merge=False)
+    head = _classifier_name(loaded.model)
+    trained = read_trained_tensors(run_dir / TRAINED_TENSORS).tensors  # the adapter and the head
+    seed_everything(loaded.run.seed)
+    _, base, _ = build_run_model(loaded.run, loaded.training, base_dir)
+    config = loaded.method.peft_config_for(base)
+    config.modules_to_save = [head]
+    peft_model = peft.get_peft_model(base, config)
+    params = dict(peft_model.named_parameters())
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for name, value in trained.items():
+            if name.startswith(head + "."):
+                target = f"{prefix}{head}.modules_to_save.{ADAPTER}.{name[len(head) + 1:]}"
+            else:
+                target = prefix + name
+            if target not in params:
+                raise ArtifactError(f"{run_dir}: peft's {type(config).__name__} model has no tensor {target}")
+            params[target].copy_(value)
+    peft_model.save_pretrained(str(out))
     atomic_write_json(out / "vpeft_export.json",
                       _export_record(loaded, "peft", ["adapter_config.json", "adapter_model.safetensors"]))
     return out

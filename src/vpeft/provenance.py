@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 _PACKAGES = ("vpeft", "torch", "torchvision", "timm", "numpy", "pillow", "snakemake", "pandas", "safetensors",
-             "decord", "av", "mmcv", "mmengine", "mmdet", "mmsegmentation", "pycocotools")
+             "decord", "av", "peft", "transformers", "mmcv", "mmengine", "mmdet", "mmsegmentation", "pycocotools")
 
 
 def package_versions(names=_PACKAGES) -> dict[str, str | None]:

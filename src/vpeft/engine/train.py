@@ -173,7 +173,8 @@ def run_training(values: dict, metrics_path: str | Path, *, threads: int = 1, ba
 
 def train_epoch(model, forward, batches, optimizer, criterion, *, device, autocast, epoch: int,
                 non_blocking: bool = False, move_inputs: bool = True, where=lambda: "",
-                host_each_step: bool | None = None, world: World = World(), global_size=None) -> dict:
+                host_each_step: bool | None = None, world: World = World(), global_size=None,
+                after_step=None) -> dict:
     """One epoch of training: every batch of `batches` through `forward` (the model, or a cached or
     compiled form of it), cross-entropy, backward, optimizer step. Returns the epoch's mean loss,
     training top-1, image count and seconds. `epoch` (1-based) and `where()` name the place of a
@@ -187,7 +188,8 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
     Data-parallel (`world.size` N > 1, `batches` this rank's `ShardedBatches`, `forward` DDP-wrapped,
     `global_size(step)` the size of the global batch): each rank backpropagates its share's summed loss
     x N / (global batch size), so DDP's mean over the ranks is the gradient of the global batch's mean
-    loss; the returned sums are over all ranks."""
+    loss; the returned sums are over all ranks. `after_step()`, if given, runs after every optimiser step
+    (the method's step schedule, `PeftMethod.begin_training`)."""
     model.train()
     if host_each_step is None:
         host_each_step = torch.device(device).type != "cuda"
@@ -221,6 +223,8 @@ def train_epoch(model, forward, batches, optimizer, criterion, *, device, autoca
         optimizer.zero_grad(set_to_none=True)
         to_backward.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         hits = (logits.detach().argmax(dim=1) == labels).sum()
         if host_each_step:
             add(step, loss.item(), hits.item(), labels.numel())
@@ -345,6 +349,9 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                                                      state["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, tc.epochs, checkpoint_dir)
     train_seconds += cache_info.build_seconds  # computing the cache is training time
+    # a method with a step schedule (AdaLoRA's rank budget) is told the run's optimiser steps
+    steps_per_epoch = len(train_batches)
+    after_step = method.begin_training(model, tc.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
 
     def where():
         return f"{run.suite}/{run.method}/{run.task}, seed {run.seed}"
@@ -353,7 +360,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         scheduler.step(epoch)
         done = train_epoch(model, forward, train_batches, optimizer, criterion, device=dev, autocast=autocast,
                            epoch=epoch + 1, non_blocking=pin, move_inputs=move_inputs, where=where, world=world,
-                           global_size=global_size)
+                           global_size=global_size, after_step=after_step)
         train_seconds += done["seconds"]
         seen += done["images"]
         entry = {"epoch": epoch + 1, "loss": done["loss"], "lr": optimizer.param_groups[0]["lr"],

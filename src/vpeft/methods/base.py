@@ -21,7 +21,7 @@ import torch
 import torch.utils.hooks
 from torch import nn
 
-CATEGORIES = ("baseline", "partial", "addition", "reparameterization", "side", "unified")
+CATEGORIES = ("baseline", "partial", "addition", "reparameterization", "side", "unified", "peft")
 
 
 class MethodError(ValueError):
@@ -101,7 +101,8 @@ class Provenance:
     the README's method table and the report (which marks every row that is not an official-code port).
 
     kind: `official-code` (compared with the authors' code: `repo` owner/name, the 40-hex `commit`
-        read, and the `files` compared against), `paper` (no official code compared: reconstructed from
+        read, and the `files` compared against; or, for code that runs from an installed package
+        rather than a port of it, the package's `version`, read at run time), `paper` (no official code compared: reconstructed from
         the paper; `sections` lists the sections / equations / tables the design rests on) or `variant`
         (the project's own reading of a method; `why` says why and what it departs from).
     notes: remaining known differences or choices, one line (optional for every kind).
@@ -112,6 +113,7 @@ class Provenance:
     repo: str = ""
     commit: str = ""
     files: tuple[str, ...] = ()
+    version: str = ""
     sections: tuple[str, ...] = ()
     why: str = ""
     notes: str = ""
@@ -124,8 +126,9 @@ class Provenance:
         if self.kind == "official-code":
             if not _REPO.match(self.repo):
                 out.append(f"official-code needs repo 'owner/name', got {self.repo!r}")
-            if not _COMMIT.match(self.commit):
-                out.append(f"official-code needs the 40-hex commit compared against, got {self.commit!r}")
+            if not _COMMIT.match(self.commit) and not (self.version and not self.commit):
+                out.append(f"official-code needs the 40-hex commit compared against (or the installed "
+                           f"package version that runs), got {self.commit!r}")
             if not self.files or not all(isinstance(f, str) and f.strip() for f in self.files):
                 out.append("official-code needs the file(s) compared against")
         elif self.kind == "paper":
@@ -138,7 +141,7 @@ class Provenance:
     def summary(self) -> str:
         """One line for tables: `official-code: owner/name@abcdef1 (file, ...)`, `paper: §3, Eq. 2`, ..."""
         if self.kind == "official-code":
-            text = f"official-code: {self.repo}@{self.commit[:7]} ({', '.join(self.files)})"
+            text = f"official-code: {self.repo}@{self.commit[:7] or self.version} ({', '.join(self.files)})"
         elif self.kind == "paper":
             text = f"paper: {'; '.join(self.sections)}"
         else:
@@ -149,8 +152,9 @@ class Provenance:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def official_code(repo: str, commit: str, *files: str, notes: str = "") -> Provenance:
-    return Provenance("official-code", repo=repo, commit=commit, files=tuple(files), notes=notes)
+def official_code(repo: str, commit: str, *files: str, notes: str = "", version: str = "") -> Provenance:
+    """`commit` is "" when `version` names the installed package whose code runs (not a port of it)."""
+    return Provenance("official-code", repo=repo, commit=commit, files=tuple(files), notes=notes, version=version)
 
 
 def from_paper(*sections: str, notes: str = "") -> Provenance:
@@ -304,6 +308,19 @@ class PeftMethod:
         (deterministic preprocessing) and return named tensors that `inject` reads from
         `self.selection`. Must not modify `model`."""
         raise MethodError(f"method '{self.name}' has no selection stage")
+
+    def method_parameter_names(self, model: nn.Module) -> list[str]:
+        """Full names of the tensors the method added (trained by `apply_method`). Default: the own
+        parameters of every `MethodLayer`; a method whose layers come from another library says which."""
+        return [f"{prefix}.{name}" if prefix else name
+                for prefix, module in model.named_modules() if isinstance(module, MethodLayer)
+                for name, _ in module.method_parameters()]
+
+    def begin_training(self, model: nn.Module, total_steps: int, first_step: int = 0):
+        """Called by the engine before the first optimiser step with the run's number of steps (and the
+        step a resumed run starts at). Returns a callable the engine runs after every optimiser step
+        (gradients still present), or None: the default, for methods without a step schedule."""
+        return None
 
     # -- shared machinery ---------------------------------------------------------------------
     def merge(self, model: nn.Module) -> None:
@@ -525,9 +542,8 @@ def apply_method(model: nn.Module, method: PeftMethod,
     for name, param in model.named_parameters():
         if name in selected:
             param.requires_grad_(True)
-    for layer in method_layers(model):
-        for _, param in layer.method_parameters():
-            param.requires_grad_(True)
+    for name in method.method_parameter_names(model):
+        model.get_parameter(name).requires_grad_(True)
     head = classifier_parameter_names(model)
     for name, param in model.named_parameters():
         if name in head:

@@ -15,6 +15,7 @@ FAMILY_TITLES = {
     "reparameterization": "Reparameterization",
     "side": "Side-tuning",
     "unified": "Unified",
+    "peft": "huggingface peft tuners (peft's own code)",
 }
 
 #: Plot colour of each family (Okabe-Ito: distinguishable with the common colour-vision deficiencies).
@@ -25,6 +26,7 @@ FAMILY_COLOURS = {
     "reparameterization": "#D55E00",
     "side": "#009E73",
     "unified": "#CC79A7",
+    "peft": "#56B4E9",
 }
 
 #: Colour of a method whose family is not known (e.g. a published row of a method we do not have).
