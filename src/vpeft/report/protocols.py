@@ -21,6 +21,7 @@ from typing import Any
 
 import matplotlib
 import pandas as pd
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from .families import family_colour
@@ -119,6 +120,12 @@ def _fewshot_plot(name: str, table: pd.DataFrame, info: dict) -> Plot | None:
                 n_marks=len(drawn))
 
 
+def _plot_context(plot: Plot | None) -> dict | None:
+    if plot is None:
+        return None
+    return {"id": plot.id, "kind": plot.kind, "caption": plot.caption, "svg": Markup(plot.svg), "n_marks": plot.n_marks}
+
+
 def fewshot_context(runs: pd.DataFrame, suites: dict[str, dict]) -> list[dict]:
     out = []
     for name, info in suites.items():
@@ -132,7 +139,7 @@ def fewshot_context(runs: pd.DataFrame, suites: dict[str, dict]) -> list[dict]:
                 {"method": r["method"], "cells": [_pm(r[t], r[f"{t}:std"]) for t in info["tasks"]],
                  "mean": _pm(r["mean"], r["std"]), "seeds": f"{r['n_seeds']} / {len(info['fewshot']['seeds'])}",
                  "status": r["status"]} for _, r in part.iterrows()]})
-        plot = _fewshot_plot(name, table, info)
+        plot = _plot_context(_fewshot_plot(name, table, info))
         protocol = f"{info.get('protocol')}" if info.get("protocol") else ""
         out.append({"suite": name, "title": info.get("title", name), "tasks": list(info["tasks"]),
                     "shots": info["fewshot"]["shots"], "seeds": info["fewshot"]["seeds"], "protocol": protocol,
@@ -229,7 +236,7 @@ def shift_context(shift_paths, suites: dict[str, dict]) -> list[dict]:
                                    "target": statistics.fmean(statistics.fmean(p["targets"][t]["top1"] for t in targets)
                                                               for p in picked)})
                 curves[label] = points
-                best = max(points, key=lambda p: p["target"])
+                best = max(points, key=lambda p: (p["target"], p["alpha"]))  # ties: the larger alpha
                 wise_rows.append({"method": label, "cells": [f"{_pct(p['source'])} / {_pct(p['target'])}" for p in points],
                                   "best": f"\u03b1 = {best['alpha']:g}"})
             else:
@@ -245,6 +252,6 @@ def shift_context(shift_paths, suites: dict[str, dict]) -> list[dict]:
         out.append({"suite": name, "title": info.get("title", name), "targets": targets, "target_titles": titles,
                     "classes": [shift["targets"][t].get("classes") for t in targets],
                     "rows": rows, "wise_alphas": grid, "wise_rows": wise_rows,
-                    "plot": _wise_plot(name, info, curves, info.get("families") or {}),
+                    "plot": _plot_context(_wise_plot(name, info, curves, info.get("families") or {})),
                     "n_ok": len(ok), "n_expected": len(found), "problems": problems})
     return out
