@@ -60,8 +60,8 @@ def check_task(task_dir: str | Path, num_classes: int, *, suite: str = "", task:
     if found is None:
         where = WHERE_TO_GET.get(suite, "the dataset")
         raise DataError(f"data for task '{task}' of suite '{suite}' not found (looked for "
-                        f"{', '.join(map(str, tried))}). Get {where}; put it there or set suites.{suite}.root to the "
-                        f"folder that holds the task folder '{task}'.")
+                        f"{', '.join(map(str, tried))}). Get {where}; put the extracted folder at one of those paths, "
+                        f"or set suites.{suite}.root to the folder that holds it.")
     task_dir = found
     parts = {"train": task_dir / "train", "test": task_dir / "val"} if (task_dir / "train").is_dir() else {"test": task_dir}
     if "train" in parts and not parts["test"].is_dir():
