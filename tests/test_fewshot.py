@@ -119,3 +119,22 @@ def test_layout_agnostic_fgvc_rows_keep_their_split_names(tmp_path):
     assert Counter(r.label for r in sample) == {0: 4, 1: 4}
     assert {r.split for r in sample} <= {"train", "val"}
     assert set(sample) <= set(rows)
+
+
+def test_method_summary_of_a_fewshot_suite_keeps_each_k_apart(tmp_path):
+    import json
+
+    from vpeft.report.summary import summarize_method
+
+    paths = []
+    for shots, values in ((1, (0.2, 0.4)), (4, (0.6, 0.8))):
+        for seed, value in enumerate(values):
+            path = tmp_path / f"shots-{shots}/seed-{seed}/metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"task": "t", "metric": {"name": "top1", "value": value},
+                                        "params": {"trainable": 10},
+                                        "protocol": {"fewshot": {"shots": shots, "seed": seed}}}))
+            paths.append(path)
+    summary = summarize_method(paths, "s", "m")
+    assert set(summary["shots"]) == {"1", "4"}
+    assert summary["shots"]["1"]["mean"] == pytest.approx(0.3) and summary["shots"]["4"]["mean"] == pytest.approx(0.7)
