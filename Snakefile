@@ -15,6 +15,7 @@ include: "workflow/rules/backbones.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/protocols.smk"
 include: "workflow/rules/report.smk"
 # -- track includes (video.smk, dense.smk) go here --
 include: "workflow/rules/dense.smk"

@@ -80,3 +80,29 @@ def test_cli_prints_the_plan_and_names_a_missing_size(tmp_path):
                              str(tmp_path / "c.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert broken.returncode != 0
     assert "no size for split 'train800val200' of hmdb51/hmdb51" in broken.stderr
+
+
+def test_plan_counts_fewshot_jobs_and_the_shift_stage():
+    """A few-shot suite plans one job per method x task x shots x seed, each training k x classes images
+    per epoch; a suite with shift targets adds its evaluate_shift stage (targets x WiSE alphas)."""
+    config = load_yaml(ROOT / "config/config.yaml")
+    config["cost_plan"]["throughput"] = {b: {"train": 100.0, "eval": 400.0} for b in config["backbones"]}
+    methods = load_method_configs(ROOT / "config/methods")
+    suites = resolve_suites(config)
+    rows = {(r.suite, r.method, r.stage): r for r in plan(config, methods, ["vtab-mini-fewshot", "vtab-mini-shift"])}
+    few = suites["vtab-mini-fewshot"]
+    shots, seeds = few["fewshot"]["shots"], few["fewshot"]["seeds"]
+    lora = rows["vtab-mini-fewshot", "lora", "train"]
+    assert lora.jobs == len(few["tasks"]) * len(shots) * len(seeds)
+    epochs = few["training"]["epochs"]
+    expected = [k * t["num_classes"] * epochs for t in few["tasks"].values() for k in shots for _ in seeds]
+    assert lora.train_samples == sum(expected) // len(expected)
+    assert ("vtab-mini-fewshot", "lora", "shift") not in rows  # no targets, no shift stage
+    # shift: per run the source test split and 3 targets (the odd-class one half of the test split),
+    # at 5 alphas for a mergeable method and full fine-tuning, once for the adapter
+    test = few["sizes"]["test"]
+    per_run = test * 3 + test // 2
+    assert rows["vtab-mini-shift", "lora", "shift"].eval_samples == per_run * 5
+    assert rows["vtab-mini-shift", "full", "shift"].eval_samples == per_run * 5
+    assert rows["vtab-mini-shift", "adapter", "shift"].eval_samples == per_run
+    assert rows["vtab-mini-shift", "lora", "shift"].jobs == rows["vtab-mini-shift", "lora", "train"].jobs == 6

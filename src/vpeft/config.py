@@ -397,3 +397,57 @@ def _training_key(config, suite, suite_name, task, m_yaml, method, key) -> str:
               (f"config/methods/{method}.yaml: suites.{suite_name}.training", m_suite.get("training")),
               (f"config/methods/{method}.yaml: suites.{suite_name}.tasks.{task}.training", m_task.get("training"))]
     return next(f"{path}.{key}" for path, layer in reversed(layers) if key in (layer or {}))
+
+
+def suite_fewshot(suite_name: str, suite: dict) -> dict | None:
+    """The suite's few-shot protocol `{shots, seeds}` (`suites.<s>.fewshot`; NOAH's defaults for unset
+    keys), or None for a suite trained on its full training split."""
+    from .data.fewshot import DEFAULT_SEEDS, DEFAULT_SHOTS
+
+    raw = suite.get("fewshot")
+    if raw is None:
+        return None
+    where = f"suites.{suite_name}.fewshot"
+    if suite["kind"] != "image":
+        raise ConfigError(f"{where}: the few-shot protocol samples image suites' training splits; '{suite_name}' "
+                          f"is a {suite['kind']} suite")
+    if suite.get("tuning") not in (None, False, "off"):
+        raise ConfigError(f"{where}: a few-shot suite cannot also be tuned (suites.{suite_name}.tuning): the "
+                          f"search would need a validation split drawn from the k shots")
+    return {"shots": [int(k) for k in raw.get("shots", DEFAULT_SHOTS)],
+            "seeds": [int(s) for s in raw.get("seeds", DEFAULT_SEEDS)]}
+
+
+#: WiSE-FT's mixing coefficients (Mai et al., CVPR 2025: alpha in 0, 0.25, 0.5, 0.75, 1).
+DEFAULT_WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def suite_shift(suites: dict[str, dict], suite_name: str) -> dict | None:
+    """The suite's distribution-shift targets and WiSE-FT settings, or None without `shift_targets`:
+    `{targets: {name: {suite, title, classes}}, wise: bool, alphas: [...]}`. Every target suite must be an
+    image suite holding each of the source's tasks."""
+    suite = suites[suite_name]
+    raw = suite.get("shift_targets")
+    wise_raw = suite.get("wise")
+    if not raw:
+        if wise_raw:
+            raise ConfigError(f"suites.{suite_name}.wise: WiSE-FT is evaluated by the shift stage; give the suite "
+                              f"shift_targets (the source test split is always evaluated too)")
+        return None
+    targets = {}
+    for name, entry in raw.items():
+        where = f"suites.{suite_name}.shift_targets.{name}"
+        target = entry["suite"]
+        if target not in suites:
+            raise ConfigError(f"{where}.suite: unknown suite '{target}'; valid: {', '.join(sorted(suites))}")
+        if suites[target]["kind"] != "image" or suite["kind"] != "image":
+            raise ConfigError(f"{where}: shift targets are image suites evaluated with an image suite's model")
+        missing = [t for t in suite["tasks"] if t not in suites[target]["tasks"]]
+        if missing:
+            raise ConfigError(f"{where}: suite '{target}' has no task {missing[0]!r} (it needs every task of "
+                              f"'{suite_name}': {', '.join(suite['tasks'])})")
+        targets[name] = {"suite": target, "title": entry.get("title", suites[target].get("title", target)),
+                         "classes": entry.get("classes")}
+    wise = wise_raw is not False
+    alphas = (wise_raw or {}).get("alphas", DEFAULT_WISE_ALPHAS) if isinstance(wise_raw, dict) else DEFAULT_WISE_ALPHAS
+    return {"targets": targets, "wise": wise, "alphas": [float(a) for a in alphas]}

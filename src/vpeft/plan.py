@@ -10,6 +10,12 @@ comes from one of two sources, per backbone:
     step, divided by the GPU's peak x an assumed utilisation (`cost_plan.gpu`, `cost_plan.mfu`).
 Estimates leave out what the method itself adds (small next to the backbone), the selection / search
 stages of GPS, SCT and NOAH, and for dense suites the neck and heads (so they are lower bounds).
+
+Few-shot suites count one job per method x task x shots x seed, each training k x classes images per
+epoch; suites with shift targets add a row per method for the `evaluate_shift` stage (stage "shift"):
+one job per run, evaluating the source test split and every target once per WiSE-FT alpha (once for
+methods whose final model keeps its own layers). Embedded targets rendered from a class subset are
+sized as that share of the source test split.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .config import resolve_suites, suite_methods
+from .config import resolve_suites, suite_fewshot, suite_methods, suite_shift
 
 
 @dataclass
@@ -29,6 +35,7 @@ class RunCost:
     eval_samples: int   # per job: test samples x views
     gpu_hours: float    # all jobs
     source: str         # measured | estimated
+    stage: str = "train"  # train | shift (the evaluate_shift stage: targets and WiSE-FT alphas)
 
 
 def _split_size(suite: dict, task: str, split: str, dataset_sizes: dict) -> int:
@@ -42,10 +49,26 @@ def _split_size(suite: dict, task: str, split: str, dataset_sizes: dict) -> int:
     return known[split]
 
 
-def _work(suite: dict, task: str, training: dict, protocol: dict, dataset_sizes: dict):
-    """(train samples, eval samples) of one run."""
-    train = _split_size(suite, task, protocol["train_split"], dataset_sizes)
-    test = _split_size(suite, task, protocol["eval_split"], dataset_sizes)
+def _protocol_size(suite: dict, task: str, split: str, dataset_sizes: dict) -> int:
+    """A protocol split's size, summed over the manifest splits it reads where the layout names them
+    otherwise (ImageNet: train800val200 = train)."""
+    from .data.layouts import manifest_splits
+
+    try:
+        return _split_size(suite, task, split, dataset_sizes)
+    except KeyError:
+        parts = manifest_splits(suite["layout"], split)
+        if parts == [split]:
+            raise
+        return sum(_split_size(suite, task, part, dataset_sizes) for part in parts)
+
+
+def _work(suite: dict, task: str, training: dict, protocol: dict, dataset_sizes: dict, shots: int | None = None):
+    """(train samples, eval samples) of one run (`shots`: a few-shot run, k images per class)."""
+    train = _protocol_size(suite, task, protocol["train_split"], dataset_sizes)
+    if shots is not None:
+        train = min(train, int(shots) * int(suite["tasks"][task]["num_classes"]))
+    test = _protocol_size(suite, task, protocol["eval_split"], dataset_sizes)
     data = suite.get("data") or {}
     if suite["kind"] == "dense":
         if data.get("max_iters"):  # iteration-based recipe (UperNet 160k): iterations x batch
@@ -104,40 +127,78 @@ def plan(config: dict, method_configs: dict, suites: list[str] | None = None) ->
     for name in suites or config["default_suites"]:
         suite = resolved[name]
         backbone = config["backbones"][suite["backbone"]]
+        source = "measured" if suite["backbone"] in measured else "estimated"
+
+        def seconds_of(train: int, test: int) -> float:
+            if suite["backbone"] in measured:
+                rate = measured[suite["backbone"]]
+                return train / rate["train"] + test / rate["eval"]
+            flops = forward_flops(backbone["arch"], _input_shape(config, suite),
+                                  tuple(sorted((backbone.get("model_kwargs") or {}).items())))
+            return train * factor * flops / (peak * mfu["train"]) + test * flops / (peak * mfu["eval"])
+
+        fewshot = suite_fewshot(name, suite)
+        # (shots, seed) of each run of a task: the few-shot grid, or the config's seeds
+        grid = [(k, s) for k in fewshot["shots"] for s in fewshot["seeds"]] if fewshot else [(None, s) for s in config["seeds"]]
+        shift = suite_shift(resolved, name)
         for method in suite_methods(name, suite, method_configs):
             jobs, train_total, eval_total, seconds = 0, 0, 0, 0.0
             for task in suite["tasks"]:
-                for seed in config["seeds"]:
+                for shots, seed in grid:
                     resolve = resolve_dense_run if suite["kind"] == "dense" else resolve_run
                     run = resolve(config, resolved, method_configs, name, method, task, seed)
-                    train, test = _work(suite, task, run["training"], run["protocol"], dataset_sizes)
-                    if suite["backbone"] in measured:
-                        rate = measured[suite["backbone"]]
-                        seconds += train / rate["train"] + test / rate["eval"]
-                    else:
-                        flops = forward_flops(backbone["arch"], _input_shape(config, suite),
-                                              tuple(sorted((backbone.get("model_kwargs") or {}).items())))
-                        seconds += (train * factor * flops / (peak * mfu["train"])
-                                    + test * flops / (peak * mfu["eval"]))
+                    train, test = _work(suite, task, run["training"], run["protocol"], dataset_sizes, shots)
+                    seconds += seconds_of(train, test)
                     jobs += 1
                     train_total, eval_total = train_total + train, eval_total + test
             rows.append(RunCost(name, method, jobs, train_total // max(jobs, 1), eval_total // max(jobs, 1),
-                                seconds / 3600, "measured" if suite["backbone"] in measured else "estimated"))
+                                seconds / 3600, source))
+            if shift:
+                evaluated = _shift_eval_samples(resolved, name, method, shift, dataset_sizes, config, method_configs)
+                rows.append(RunCost(name, method, jobs, 0, evaluated, jobs * seconds_of(0, evaluated) / 3600, source,
+                                    stage="shift"))
     return rows
+
+
+def _shift_eval_samples(suites: dict, name: str, method: str, shift: dict, dataset_sizes: dict, config: dict,
+                        method_configs: dict) -> int:
+    """Images one evaluate_shift job of `method` evaluates, averaged over the suite's tasks."""
+    from .config import resolve_run
+    from .methods import get_method_class
+
+    suite = suites[name]
+    points = len(set(shift["alphas"]) | {1.0}) if shift["wise"] and (
+        get_method_class(method).mergeable or method == "full") else 1
+    total = 0
+    for task in suite["tasks"]:
+        protocol = resolve_run(config, suites, method_configs, name, method, task, config["seeds"][0])["protocol"]
+        images = _protocol_size(suite, task, protocol["eval_split"], dataset_sizes)
+        for target in shift["targets"].values():
+            tsuite = suites[target["suite"]]
+            render = tsuite.get("render")
+            if render:  # a rendered class subset: that share of the source's test split
+                origin = suites[render["from"]]
+                images += (_protocol_size(origin, task, "test", dataset_sizes) * tsuite["tasks"][task]["num_classes"]
+                           // origin["tasks"][task]["num_classes"])
+            else:
+                images += _protocol_size(tsuite, task, "test", dataset_sizes)
+        total += images * points
+    return total // len(suite["tasks"])
 
 
 def format_plan(rows: list[RunCost], config: dict) -> str:
     gpu = config["cost_plan"]["gpu"]["name"]
-    lines = [f"{'suite':<14} {'method':<14} {'jobs':>5} {'train samples/job':>18} {'eval samples/job':>17} "
+    lines = [f"{'suite':<14} {'method':<18} {'jobs':>5} {'train samples/job':>18} {'eval samples/job':>17} "
              f"{'GPU-hours':>10}  source"]
     for suite in dict.fromkeys(r.suite for r in rows):
         part = [r for r in rows if r.suite == suite]
         for r in part:
-            lines.append(f"{r.suite:<14} {r.method:<14} {r.jobs:>5} {r.train_samples:>18,} {r.eval_samples:>17,} "
+            method = r.method if r.stage == "train" else f"{r.method} +{r.stage}"
+            lines.append(f"{r.suite:<14} {method:<18} {r.jobs:>5} {r.train_samples:>18,} {r.eval_samples:>17,} "
                          f"{r.gpu_hours:>10.1f}  {r.source}")
-        lines.append(f"{suite + ' total':<29} {sum(r.jobs for r in part):>5} {'':>18} {'':>17} "
+        lines.append(f"{suite + ' total':<33} {sum(r.jobs for r in part):>5} {'':>18} {'':>17} "
                      f"{sum(r.gpu_hours for r in part):>10.1f}")
     total = sum(r.gpu_hours for r in rows)
-    lines.append(f"{'all suites':<29} {sum(r.jobs for r in rows):>5} {'':>18} {'':>17} {total:>10.1f}  "
+    lines.append(f"{'all suites':<33} {sum(r.jobs for r in rows):>5} {'':>18} {'':>17} {total:>10.1f}  "
                  f"= {total / 24:.1f} GPU-days on {gpu}")
     return "\n".join(lines)

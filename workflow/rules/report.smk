@@ -22,6 +22,7 @@ rule report:
         runs=get_report_runs,
         speed=get_speed_benchmark,
         tuned=get_report_tuned,
+        shift=get_report_shift,
     output:
         "reports/index.html",
     params:

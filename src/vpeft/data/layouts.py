@@ -37,6 +37,7 @@ LAYOUTS = {
     "video-csv": "vpeft.video.layout",
     "imagefolder": "vpeft.data.owndata",
     "csv": "vpeft.data.owndata",
+    "imagenet": "vpeft.data.imagenet",
 }
 
 CHECKERS = {
@@ -44,6 +45,14 @@ CHECKERS = {
     "fgvc": "vpeft.data.fgvc:check_task",
     "imagefolder": "vpeft.data.owndata:check_imagefolder_task",
     "csv": "vpeft.data.owndata:check_csv_task",
+    "imagenet": "vpeft.data.imagenet:check_task",
+}
+
+#: How a layout maps a protocol split (train800val200, test, ...) to the split names of its manifest
+#: rows, for stages that read the manifest themselves (few-shot sampling); absent: the same name.
+MANIFEST_SPLITS = {
+    "fgvc": "vpeft.data.fgvc:SPLITS",
+    "imagenet": "vpeft.data.imagenet:SPLITS",
 }
 
 
@@ -62,3 +71,14 @@ def get_checker(name: str):
     """The function that validates a task folder of layout `name` (VTAB's for layouts without one)."""
     module, _, function = CHECKERS.get(name, CHECKERS["vtab"]).partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def manifest_splits(layout: str, split: str) -> list[str]:
+    """The manifest split names that protocol split `split` reads in `layout` (torch-free)."""
+    if layout not in MANIFEST_SPLITS:
+        return [split]
+    module, _, name = MANIFEST_SPLITS[layout].partition(":")
+    mapping = getattr(importlib.import_module(module), name)
+    if split not in mapping:
+        raise LayoutError(f"split {split!r} means nothing in layout {layout!r}; valid: {', '.join(mapping)}")
+    return list(mapping[split])

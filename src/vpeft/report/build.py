@@ -7,16 +7,23 @@ from pathlib import Path
 
 from .findings import add_findings
 from .html import build_context, render_report
+from .protocols import fewshot_context, shift_context
 from .speed import load_speed_benchmark
 from .tables import load_runs
 from .tuning import tuning_context
 
 
-def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench_path=None, tuned_paths=()) -> None:
+def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench_path=None, tuned_paths=(),
+                 shift_paths=()) -> None:
     """``bench_path``: the speed benchmark's JSON (bench/run.py), shown as the report's speed table;
-    ``tuned_paths``: hyper-parameter searches (tuned.json), shown as the sensitivity section."""
+    ``tuned_paths``: hyper-parameter searches (tuned.json), shown as the sensitivity section;
+    ``shift_paths``: shift evaluations (shift.json), shown per suite with shift targets. Few-shot suites
+    get their own section (curves and a table per k) instead of the methods x tasks table."""
     runs = load_runs(run_paths)
-    context = build_context(runs, add_findings(runs, suites))
+    regular = {name: info for name, info in suites.items() if not info.get("fewshot")}
+    context = build_context(runs, add_findings(runs, regular))
+    context["fewshot"] = fewshot_context(runs, suites) or None
+    context["shift"] = shift_context(shift_paths, suites) or None
     context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
     context["tuning"] = tuning_context(tuned_paths, suites) if tuned_paths else None
     render_report(context, out_path)

@@ -639,6 +639,8 @@ def build_context(
                    _suite_context(runs, name, cfg) for name, cfg in suites.items()],
         "speed": None,  # vpeft.report.speed.load_speed_benchmark(...) to show the speed benchmark
         "tuning": None,  # vpeft.report.tuning.tuning_context(...) to show the hyper-parameter sensitivity
+        "fewshot": None,  # vpeft.report.protocols.fewshot_context(...): few-shot curves and tables
+        "shift": None,  # vpeft.report.protocols.shift_context(...): shift targets and WiSE-FT
     }
 
 

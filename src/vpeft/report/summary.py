@@ -13,11 +13,21 @@ from ..metrics import ppt
 
 
 def summarize_method(metrics_paths, suite: str, method: str) -> dict:
+    runs = [read_json(path) for path in metrics_paths]
+    by_k: dict[int, list[dict]] = {}
+    for run in runs:
+        by_k.setdefault(((run.get("protocol") or {}).get("fewshot") or {}).get("shots"), []).append(run)
+    if set(by_k) != {None}:  # a few-shot suite: one summary per k, never mixed
+        return {"suite": suite, "method": method,
+                "shots": {str(k): _summarize(part, suite, method) for k, part in sorted(by_k.items())}}
+    return _summarize(runs, suite, method)
+
+
+def _summarize(runs: list[dict], suite: str, method: str) -> dict:
     per_task: dict[str, list[float]] = {}
     params = set()
     metric_names = set()
-    for path in metrics_paths:
-        run = read_json(path)
+    for run in runs:
         per_task.setdefault(run["task"], []).append(run["metric"]["value"])
         metric_names.add(run["metric"]["name"])
         params.add(run["params"]["trainable"])
