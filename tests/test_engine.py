@@ -21,8 +21,18 @@ def test_metrics_file_records_result_and_provenance(vtab_task, tmp_path):
     assert m["params"]["trainable"] == 4 * 2 * 128 * 4  # LoRA q+v, rank 2, width 128, depth 4
     assert m["params"]["trainable_with_head"] == m["params"]["trainable"] + 129 * 3
     assert len(m["train"]["history"]) == 2 and m["train"]["images"] == 2 * 16
-    assert m["train"]["images_per_second"] > 0 and m["train"]["peak_memory_mb"] > 0
+    assert m["train"]["images_per_second"] > 0 and m["train"]["process_peak_memory_mb"] > 0
     assert m["eval"]["merged"] is True
+    eff = m["efficiency"]  # the method's own costs, measured on the run's device
+    assert eff["device"].startswith("cpu: ") and eff["train_memory_kind"] == "cpu_tensor_bytes"
+    parts = eff["train_memory_parts_mb"]
+    assert all(parts[k] > 0 for k in ("parameters", "gradients", "optimizer_state", "saved_activations"))
+    assert eff["train_memory_mb"] == pytest.approx(sum(parts.values()))
+    assert eff["train_samples_per_second"] > 0 and eff["train_batch"] == 8 and eff["train_steps_timed"] >= 1
+    latency = eff["latency_ms"]  # LoRA is mergeable: both forms at batch 1 and at the eval batch
+    assert set(latency) == {"merged", "unmerged"}
+    assert all(latency[f][b] > 0 for f in latency for b in ("batch_1", "batch_eval"))
+    assert eff["trained_tensors_bytes"] == (out.parent / "trained.safetensors").stat().st_size
     assert m["config"]["training"]["epochs"] == 2 and m["config"]["method_hparams"]["rank"] == 2
     prov = m["provenance"]
     assert prov["packages"]["torch"] and prov["packages"]["timm"] and prov["hardware"]["cpu"]
