@@ -227,3 +227,23 @@ def test_result_neutral_keys_do_not_change_the_run_fingerprint(vtab_task):
     neutral = run_values(vtab_task, "linear", feature_cache="off", feature_cache_dir="x", pin_memory=True)
     assert run_fingerprint(base) == run_fingerprint(neutral)
     assert run_fingerprint(base) != run_fingerprint(run_values(vtab_task, "linear", precision="bf16"))
+
+
+def test_the_memory_column_separates_lora_from_side_tuning_as_measured(vtab_task, tmp_path):
+    """LST's backbone builds no autograd graph (side-tuning): the saved activations it records are far
+    below LoRA's, and the report's training-memory column follows the measurement, not the process."""
+    from vpeft.report.html import _efficiency_cells
+    from vpeft.report.tables import efficiency_table, load_runs
+
+    paths = []
+    for method in ("lora", "lst"):
+        out = tmp_path / "results" / "toy-suite" / method / "toy" / "seed-7" / "metrics.json"
+        run_training(run_values(vtab_task, method, epochs=1), out)
+        paths.append(out)
+    lora, lst = (json.loads(p.read_text())["efficiency"] for p in paths)
+    assert lst["train_memory_parts_mb"]["saved_activations"] < lora["train_memory_parts_mb"]["saved_activations"]
+    assert lst["train_memory_mb"] < lora["train_memory_mb"]  # the direction the measurement shows
+    table = efficiency_table(load_runs(paths), "toy-suite", ["lora", "lst"])
+    assert table.loc["lst", "train_memory_mb"] == lst["train_memory_mb"] < table.loc["lora", "train_memory_mb"]
+    shown = {m: _efficiency_cells(table.loc[m])["train_memory"] for m in ("lora", "lst")}
+    assert shown["lora"] != shown["lst"] and all(text.endswith(" MiB") for text in shown.values())
