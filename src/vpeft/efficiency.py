@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-#: steps of the training measurement: the first warms up, the rest are timed
-TRAIN_STEPS = 3
+#: steps of the training measurement: the first warms up (optimizer state, kernels), the rest are timed;
+#: two keep the per-run cost below a second on the default run's CPU-sized models
+TRAIN_STEPS = 2
 #: timed eval-mode calls at batch 1 after one warm-up call
 LATENCY_CALLS = 3
 
@@ -162,20 +163,21 @@ def measure_training(model: torch.nn.Module, make_optimizer: Callable, inputs: t
 
 
 @torch.no_grad()
-def latency_ms(model: torch.nn.Module, inputs: torch.Tensor, *, autocast=nullcontext, calls: int = LATENCY_CALLS) -> float:
-    """Median milliseconds of an eval-mode forward of `inputs` after one warm-up call."""
+def latency_ms(model: torch.nn.Module, inputs: torch.Tensor, *, autocast=nullcontext, calls: int = LATENCY_CALLS,
+               warmup: int = 1) -> float:
+    """Median milliseconds of an eval-mode forward of `inputs` after `warmup` calls."""
     was_training = model.training
     model.eval()
     device = inputs.device
     times = []
     try:
-        for i in range(calls + 1):
+        for i in range(calls + warmup):
             _sync(device)
             start = time.perf_counter()
             with autocast():
                 model(inputs)
             _sync(device)
-            if i:
+            if i >= warmup:
                 times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)

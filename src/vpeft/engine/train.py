@@ -94,18 +94,21 @@ class _EfficiencyProbe:
         self.latency = {"unmerged": {"batch_1": latency_ms(model, self.one, autocast=autocast)}}
         if method.mergeable and method_layers(model):  # merging changes what runs: time both forms
             eval_inputs = torch.randn(self.eval_batch, *sample.shape, generator=g).to(dev)
-            self.latency["unmerged"]["batch_eval"] = latency_ms(model, eval_inputs, autocast=autocast, calls=1)
+            # one call, warmed up by the batch-1 calls: a second would double the cost of the figure
+            self.latency["unmerged"]["batch_eval"] = latency_ms(model, eval_inputs, autocast=autocast, calls=1,
+                                                                warmup=0)
         self.mergeable = bool(method.mergeable)
 
     def finish(self, merged_model, batch_seconds: list, tensors_path: Path) -> dict:
         from ..efficiency import device_name, file_bytes, latency_ms
 
         full = [sec for n, sec in batch_seconds if n == self.eval_batch]
-        # the evaluation's full batches after its first (warm-up); one extra call when it had none
-        timed = full[1:] or [latency_ms(merged_model, torch.randn(self.eval_batch, *self.one.shape[1:],
+        # the evaluation's full batches after its first (warm-up); its first alone when it had one full
+        # batch (an extra call would cost as much again); one extra call when it had none
+        timed = full[1:] or full[:1] or [latency_ms(merged_model, torch.randn(self.eval_batch, *self.one.shape[1:],
                                                                    generator=torch.Generator().manual_seed(1)
                                                                    ).to(self.dev),
-                                        autocast=self.autocast, calls=1) / 1000]
+                                        autocast=self.autocast, calls=1, warmup=0) / 1000]
         merged = {"batch_eval": 1000 * sorted(timed)[len(timed) // 2]}
         if self.mergeable:
             merged["batch_1"] = latency_ms(merged_model, self.one, autocast=self.autocast)
