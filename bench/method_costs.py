@@ -1,10 +1,10 @@
 """Per method: training throughput and memory relative to full fine-tuning (one process each).
 
-Memory is what a training step adds on top of the loaded model (activations kept for backward,
-gradients, optimizer state): peak minus start, on GPU from torch's allocator, on CPU from the
-process's resident-set high-water mark. `saved_activations_mb` (tensors autograd keeps for the
-backward pass) is exact and device-independent, and is what separates side-tuning (no backward
-through the backbone) from methods inside the backbone.
+Memory is the per-run measurement every run records (`vpeft.efficiency`, metrics.json
+`efficiency.train_memory_mb`): the method's training memory, frozen weights included; on a GPU the
+allocator's peak of a step, on a CPU the bytes of parameters, gradients, optimizer state and saved
+activations. `saved_activations_mb` (CPU: tensors autograd keeps for the backward pass) is what
+separates side-tuning (no backward through the backbone) from methods inside the backbone.
 """
 
 from __future__ import annotations
@@ -36,21 +36,23 @@ def run(arch: str, img_size: int, batch: int, steps: int, threads: int, device: 
         except json.JSONDecodeError:
             rows[name] = {"method": name, "error": f"worker exited {done.returncode}: {done.stderr[-500:]}"}
         row = rows[name]
-        log(f"  {name:14s} " + (f"{row['images_per_second']:8.1f} img/s  {row['peak_memory_mb']:8.1f} MiB"
+        log(f"  {name:14s} " + (f"{row['images_per_second']:8.1f} img/s  {row['train_memory_mb']:8.1f} MiB"
                                 if "error" not in row else f"error: {row['error'][:120]}"))
     full = rows.get("full", {})
     for row in rows.values():
         if "error" in row or "error" in full:
             continue
         row["speed_vs_full"] = ratio(row["images_per_second"], full["images_per_second"])
-        row["memory_vs_full"] = ratio(row["peak_memory_mb"], full["peak_memory_mb"])
-        row["saved_activations_vs_full"] = ratio(row["saved_activations_mb"], full["saved_activations_mb"])
+        row["memory_vs_full"] = ratio(row["train_memory_mb"], full["train_memory_mb"])
+        if row.get("saved_activations_mb") is not None and full.get("saved_activations_mb"):
+            row["saved_activations_vs_full"] = ratio(row["saved_activations_mb"], full["saved_activations_mb"])
     lora = rows.get("lora", {})
     side = {n: r for n, r in rows.items() if r.get("category") == "side" and "error" not in r}
     check = {}
     if "error" not in lora and lora:
         for name, row in side.items():
-            check[name] = {"peak_below_lora": row["peak_memory_mb"] < lora["peak_memory_mb"],
-                           "saved_activations_below_lora": row["saved_activations_mb"] < lora["saved_activations_mb"]}
+            check[name] = {"train_memory_below_lora": row["train_memory_mb"] < lora["train_memory_mb"]}
+            if row.get("saved_activations_mb") is not None and lora.get("saved_activations_mb") is not None:
+                check[name]["saved_activations_below_lora"] = row["saved_activations_mb"] < lora["saved_activations_mb"]
     return {"arch": arch, "img_size": img_size, "batch": batch, "steps": steps, "device": device,
             "methods": rows, "side_tuning_vs_lora": check}

@@ -14,36 +14,36 @@ import time
 import traceback
 
 import torch
-from common import PeakMemory, apply, cost, saved_activation_mb, sync, train_step_fn, vit
+from common import apply, vit
 
 
 def measure(method: str, arch: str, img_size: int, batch: int, steps: int, device: str) -> dict:
+    """The per-run efficiency measurement of the training engine (`vpeft.efficiency.measure_training`,
+    what every run's metrics.json records), here on a random-init model at the bench's size."""
+    from vpeft.efficiency import device_name, measure_training
+    from vpeft.engine.build import TrainingConfig, parameter_groups
+    from vpeft.engine.optim import build_optimizer
     from vpeft.methods import get_method_class
 
     model = vit(arch, img_size)
     applied = apply(model, method, img_size=img_size)
     counts = applied.parameter_counts()
-    model.to(device)
+    dev = torch.device(device)
+    model.to(dev)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, img_size, img_size, generator=g).to(device)
-    labels = (torch.arange(batch) % 10).to(device)
-    step = train_step_fn(model, images, labels)
-    with PeakMemory(device) as peak:  # first step included: it allocates the optimizer state
-        saved_mb = saved_activation_mb(step)
-        sync(device)
-        wall, cpu = [], []
-        for _ in range(steps):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step()
-            sync(device)
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu_start)
-    seconds = {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
-    return {"method": method, "category": get_method_class(method).category,
-            "trainable_params": counts["trainable"], "images_per_second": batch / cost(seconds, device),
-            "images_per_second_measure": "cpu" if torch.device(device).type == "cpu" else "wall",
-            "seconds_per_step": seconds, "peak_memory_mb": peak.mb, "peak_memory_kind": peak.kind,
-            "saved_activations_mb": saved_mb}
+    images = torch.randn(batch, 3, img_size, img_size, generator=g).to(dev)
+    labels = (torch.arange(batch) % 10).to(dev)
+    tc = TrainingConfig()
+    record = measure_training(model, lambda m: build_optimizer(parameter_groups(m, tc), tc, dev), images, labels,
+                              steps=steps + 1)
+    seconds = {"cpu": record["train_cpu_seconds_per_step"], "wall": batch / record["train_samples_per_second"]}
+    cost = seconds["cpu"] if dev.type == "cpu" else seconds["wall"]
+    parts = record.get("train_memory_parts_mb", {})
+    return {"method": method, "category": get_method_class(method).category, "device": device_name(dev),
+            "trainable_params": counts["trainable"], "images_per_second": batch / cost,
+            "images_per_second_measure": "cpu" if dev.type == "cpu" else "wall", "seconds_per_step": seconds,
+            "train_memory_mb": record["train_memory_mb"], "train_memory_kind": record["train_memory_kind"],
+            "train_memory_parts_mb": parts, "saved_activations_mb": parts.get("saved_activations")}
 
 
 def main() -> int:

@@ -117,8 +117,8 @@ def run(device: str, *, size: str | None = None, methods: list[str] | None = Non
                 - m["eval"]["wall_seconds"], "train_images_per_second": m["train"]["images_per_second"],
                 "eval_images_per_second": m["eval"]["num_images"] / max(m["eval"]["wall_seconds"], 1e-9),
                 "train_gflops_per_image": flops / 1e9, "achieved_tflops": achieved,
-                "mfu": achieved / peak if peak else None, "peak_memory_mb": m["train"]["peak_memory_mb"],
-                "peak_memory_kind": m["train"]["peak_memory_kind"], "data_path": m["train"]["data_path"],
+                "mfu": achieved / peak if peak else None, "train_memory_mb": m["efficiency"]["train_memory_mb"],
+                "train_memory_kind": m["efficiency"]["train_memory_kind"], "data_path": m["train"]["data_path"],
                 "precision": m["train"]["precision"], "fused_attention": m["train"]["fused_attention"],
                 "top1": m["metric"]["value"]}
     out["full_image_benchmark"] = extrapolate(out["runs"], test_images)

@@ -54,7 +54,9 @@ def write_run(root: Path, suite, method, task, seed, metrics, params, memory, pr
         "schema": RUN_SCHEMA, "status": "ok", "suite": suite, "task": task, "method": method, "seed": seed,
         "protocol": {"name": "coco2017"}, "metric": {"name": primary, "value": metrics[primary]}, "metrics": metrics,
         "params": {"trainable": params, "trainable_with_head": params + 1000},
-        "train": {"peak_memory_mb": memory, "images_per_second": 3.0, "wall_seconds": 10.0},
+        "train": {"process_peak_memory_mb": 2 * memory, "images_per_second": 3.0, "wall_seconds": 10.0},
+        "efficiency": {"device": "NVIDIA H100", "train_memory_mb": memory, "train_memory_kind": "cuda_max_allocated",
+                       "train_samples_per_second": 3.0, "trained_tensors_bytes": 4 * params + 1000},
         "eval": {"wall_seconds": 1.0}, "config": {"backbone": {"name": "swin-b-in22k", "arch": "swin_base"}},
         "provenance": {"git_commit": "abc", "packages": {"mmdet": "3.3.0"}}}))
     return path
@@ -78,7 +80,7 @@ def test_dense_table(dense_runs):
     assert table.loc["mona", "coco2017:box_ap"] == pytest.approx(51.0)
     assert table.loc["mona", "coco2017:mask_ap_std"] == pytest.approx(math.sqrt(2.0))
     assert table.loc["mona", "ppt:coco2017:box_ap"] == pytest.approx(ppt(0.51, 3_667_456))
-    assert table.loc["mona", "peak_memory_mb"] == 9500 and table.loc["mona", "n_seeds"] == 2
+    assert table.loc["mona", "train_memory_mb"] == 9500 and table.loc["mona", "n_seeds"] == 2
     assert table.loc["linear", "params"] == 0 and table.loc["linear", "ppt:coco2017:mask_ap"] == pytest.approx(0.35)
     assert math.isnan(table.loc["lora", "coco2017:box_ap"]) and table.loc["lora", "status"] == "incomplete: 1 missing"
 

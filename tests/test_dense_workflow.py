@@ -55,7 +55,7 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     assert coco["eval"]["evaluator"] == "CocoMetric" and coco["eval"]["num_images"] == 8
     assert coco["params"]["trainable"] == 4 * 8 * 2 * (32 + 64 + 128 + 256)  # LoRA r=8 on q, v of 8 blocks
     assert coco["params"]["trainable_with_head"] > coco["params"]["trainable"]
-    assert coco["train"]["peak_memory_mb"] > 0 and 0 < coco["train"]["images"] <= 2 * 12  # 2 epochs of 12 images
+    assert coco["train"]["process_peak_memory_mb"] > 0 and 0 < coco["train"]["images"] <= 2 * 12  # 2 epochs of 12 images
     assert coco["provenance"]["packages"]["mmdet"] == "3.3.0"
     # the job asks for no GPU: one process without a launcher, the suite's batch and lr unscaled
     dist = coco["train"]["distributed"]

@@ -21,8 +21,18 @@ def test_metrics_file_records_result_and_provenance(vtab_task, tmp_path):
     assert m["params"]["trainable"] == 4 * 2 * 128 * 4  # LoRA q+v, rank 2, width 128, depth 4
     assert m["params"]["trainable_with_head"] == m["params"]["trainable"] + 129 * 3
     assert len(m["train"]["history"]) == 2 and m["train"]["images"] == 2 * 16
-    assert m["train"]["images_per_second"] > 0 and m["train"]["peak_memory_mb"] > 0
+    assert m["train"]["images_per_second"] > 0 and m["train"]["process_peak_memory_mb"] > 0
     assert m["eval"]["merged"] is True
+    eff = m["efficiency"]  # the method's own costs, measured on the run's device
+    assert eff["device"].startswith("cpu: ") and eff["train_memory_kind"] == "cpu_tensor_bytes"
+    parts = eff["train_memory_parts_mb"]
+    assert all(parts[k] > 0 for k in ("parameters", "gradients", "optimizer_state", "saved_activations"))
+    assert eff["train_memory_mb"] == pytest.approx(sum(parts.values()))
+    assert eff["train_samples_per_second"] > 0 and eff["train_batch"] == 8 and eff["train_steps_timed"] >= 1
+    latency = eff["latency_ms"]  # LoRA is mergeable: both forms at batch 1 and at the eval batch
+    assert set(latency) == {"merged", "unmerged"}
+    assert all(latency[f][b] > 0 for f in latency for b in ("batch_1", "batch_eval"))
+    assert eff["trained_tensors_bytes"] == (out.parent / "trained.safetensors").stat().st_size
     assert m["config"]["training"]["epochs"] == 2 and m["config"]["method_hparams"]["rank"] == 2
     prov = m["provenance"]
     assert prov["packages"]["torch"] and prov["packages"]["timm"] and prov["hardware"]["cpu"]
@@ -217,3 +227,23 @@ def test_result_neutral_keys_do_not_change_the_run_fingerprint(vtab_task):
     neutral = run_values(vtab_task, "linear", feature_cache="off", feature_cache_dir="x", pin_memory=True)
     assert run_fingerprint(base) == run_fingerprint(neutral)
     assert run_fingerprint(base) != run_fingerprint(run_values(vtab_task, "linear", precision="bf16"))
+
+
+def test_the_memory_column_separates_lora_from_side_tuning_as_measured(vtab_task, tmp_path):
+    """LST's backbone builds no autograd graph (side-tuning): the saved activations it records are far
+    below LoRA's, and the report's training-memory column follows the measurement, not the process."""
+    from vpeft.report.html import _efficiency_cells
+    from vpeft.report.tables import efficiency_table, load_runs
+
+    paths = []
+    for method in ("lora", "lst"):
+        out = tmp_path / "results" / "toy-suite" / method / "toy" / "seed-7" / "metrics.json"
+        run_training(run_values(vtab_task, method, epochs=1), out)
+        paths.append(out)
+    lora, lst = (json.loads(p.read_text())["efficiency"] for p in paths)
+    assert lst["train_memory_parts_mb"]["saved_activations"] < lora["train_memory_parts_mb"]["saved_activations"]
+    assert lst["train_memory_mb"] < lora["train_memory_mb"]  # the direction the measurement shows
+    table = efficiency_table(load_runs(paths), "toy-suite", ["lora", "lst"])
+    assert table.loc["lst", "train_memory_mb"] == lst["train_memory_mb"] < table.loc["lora", "train_memory_mb"]
+    shown = {m: _efficiency_cells(table.loc[m])["train_memory"] for m in ("lora", "lst")}
+    assert shown["lora"] != shown["lst"] and all(text.endswith(" MiB") for text in shown.values())

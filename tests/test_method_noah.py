@@ -67,15 +67,18 @@ def test_subnet_count_follows_formula_with_absent_modules():
 
 
 def test_prompts_are_appended_replaced_carried_and_removed():
-    model = small_vit(depth=3).eval()
-    apply_method(model, build_method("noah", {"prompt_dims": (2, 0, 3), "lora_ranks": (1,), "adapter_dims": (1,)}))
+    """NOAH's block: prompts replace the previous block's p_{i-1} tokens, or are appended when
+    p_{i-1} = 0, so a zero between non-zero depths keeps the earlier prompts in the sequence."""
+    model = small_vit(depth=4).eval()
+    apply_method(model, build_method("noah", {"prompt_dims": (2, 0, 3, 1), "lora_ranks": (1,), "adapter_dims": (1,)}))
     seen = []
     for block in model.blocks:
         block.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[1], out.shape[1])))
     with torch.no_grad():
         out = model.forward_features(images())
-    # 1 CLS + 16 patches; block 0 appends 2, block 1 carries them, block 2 replaces them by its 3.
-    assert [s[0] for s in seen] == [19, 19, 20]
+    # 1 CLS + 16 patches; block 0 appends 2, block 1 carries them, block 2 appends its 3 (p_1 = 0: the
+    # 2 stay), block 3 replaces block 2's 3 by its 1.
+    assert [s[0] for s in seen] == [19, 19, 22, 20]
     assert out.shape[1] == 17
     with torch.no_grad():  # the prompts sit at the end of the sequence: CLS stays at index 0
         prompt = model.noah.prompts["0"]
@@ -136,7 +139,7 @@ def test_inactive_slices_get_no_gradient():
     assert lora.lora_A.grad[:2].abs().sum() > 0 and lora.lora_A.grad[2:].abs().sum() == 0
     assert model.noah.prompts["0"].grad[3:].abs().sum() == 0 and model.noah.prompts["0"].grad[:3].abs().sum() > 0
     assert model.noah.prompts["1"].grad is None and model.blocks[1].attn.qkv.lora_A.grad is None
-    adapter = model.blocks[0].mlp
+    adapter = model.blocks[0].drop_path2
     assert adapter.down_weight.grad[4:].abs().sum() == 0 and adapter.up_weight.grad[:, 4:].abs().sum() == 0
 
 
@@ -164,7 +167,7 @@ def test_extracted_subnet_inherits_supernet_weights_and_outputs():
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
     assert applied.parameter_counts()["trainable"] == supernet.noah.active_parameter_count() == formula(subnet, 48)
-    assert state["blocks.1.mlp.down_weight"].shape == (5, 48)
+    assert state["blocks.1.drop_path2.down_weight"].shape == (5, 48)
     assert torch.equal(state["blocks.1.attn.qkv.lora_B"], supernet.blocks[1].attn.qkv.lora_B[:, :10])
 
 

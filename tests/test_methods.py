@@ -590,3 +590,384 @@ def test_a_run_interrupted_after_a_checkpoint_resumes_to_the_same_tensors_buffer
     assert not differ, f"{name}: resumed state differs in {differ[:6]}"
     assert resumed["metric"] == reference["metric"]
     assert [h["loss"] for h in resumed["train"]["history"]] == [h["loss"] for h in reference["train"]["history"]]
+
+
+# -- training-mode parity with the official forwards ---------------------------------------------
+#
+# Each reference below is the official code's forward written out again from the cited file (the
+# method's `provenance`), over the same tensors (read from the ported model) and drawing its random
+# numbers in the official order: every dropout through torch's dropout, every stochastic depth through
+# timm's `drop_path` (the function behind the official code's timm DropPath). Same seed, train mode,
+# drop-path and dropout at 0.5, float64: the outputs must be equal, and `moved` (the same branch placed
+# across a DropPath or dropout) must not be.
+
+P = 0.5  # drop-path and dropout rate: with 8 samples some paths are dropped and some kept
+
+
+def _drop(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.dropout(x, P, training=True)
+
+
+def _drop_path(x: torch.Tensor) -> torch.Tensor:
+    from timm.layers import drop_path
+
+    return drop_path(x, P, training=True)
+
+
+def _base(module):
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
+def _weights(module):
+    """The weight and bias the official forward multiplies by: the backbone's own, or for GPS (whose
+    official code edits the backbone tensors under a gradient mask) the frozen ones plus the trained
+    sparse change."""
+    if hasattr(module, "_added"):
+        return module._added()
+    base = _base(module)
+    return base.weight, base.bias
+
+
+def _lin(module, x):
+    return torch.nn.functional.linear(x, *_weights(module))
+
+
+def _ln(module, x):
+    base = _base(module)
+    return torch.nn.functional.layer_norm(x, base.normalized_shape, base.weight, base.bias, base.eps)
+
+
+def _gelu(x):
+    return torch.nn.functional.gelu(x)
+
+
+def _quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _attention(blk, h, qkv=None, proj=None):
+    """timm's (= the official codes') attention: qkv, heads, softmax(q k^T / sqrt(d_h)) v, proj."""
+    B, N, C = h.shape
+    heads = blk.attn.num_heads
+    q, k, v = (qkv or (lambda t: _lin(blk.attn.qkv, t)))(h).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    attn = ((q @ k.transpose(-2, -1)) * (C // heads) ** -0.5).softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(B, N, C)
+    return (proj or (lambda t: _lin(blk.attn.proj, t)))(out)
+
+
+def _mlp(blk, h, fc1=None, fc2=None):
+    mlp = _base(blk.mlp)
+    return (fc2 or (lambda t: _lin(mlp.fc2, t)))(_gelu((fc1 or (lambda t: _lin(mlp.fc1, t)))(h)))
+
+
+def _block(blk, x, attn=None, mlp=None):
+    """timm 0.5's Block.forward, the one every official ViT code here starts from."""
+    x = x + _drop_path((attn or (lambda h: _attention(blk, h)))(_ln(blk.norm1, x)))
+    return x + _drop_path((mlp or (lambda h: _mlp(blk, h)))(_ln(blk.norm2, x)))
+
+
+def _embed(model, images, proj=None):
+    x = (proj or (lambda t: torch.nn.functional.conv2d(t, *_weights(model.patch_embed.proj), stride=8)))(images)
+    x = x.flatten(2).transpose(1, 2) if x.ndim == 4 else x
+    return torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed
+
+
+def _head(model, x, norm=None):
+    x = (norm or (lambda t: _ln(model.norm, t)))(x)
+    return _lin(model.head, x[:, 0])
+
+
+def _plain_official(model, images):
+    x = _embed(model, images)
+    for blk in model.blocks:
+        x = _block(blk, x)
+    return _head(model, x)
+
+
+def _noah_official(model, images, moved=False):
+    """NOAH e9c55f3, model/supernet_vision_transformer_timm.py: VisionTransformer.forward_features (input
+    prompts of p_0 tokens after the position embedding, with their dropout), Block.forward (prompts
+    expanded, dropped out, appended or replacing the previous block's p_{i-1}; x + drop_path(attn);
+    x + adapter(drop_path(mlp))), Attention.forward (qkv + LoRA_b(LoRA_a(LoRA_drop(x)))), AdapterSuper."""
+    noah = model.noah
+    dims = noah.active["prompt_dims"]
+    x = _embed(model, images)
+    B, _, d = x.shape
+    if dims[0]:
+        x = torch.cat([x, _drop(x.new_zeros(1, dims[0], d).expand(B, -1, -1))], dim=1)  # replaced by block 0
+    for i, blk in enumerate(model.blocks):
+        p, last = dims[i], dims[i - 1] if i else dims[0]
+        if p:
+            tokens = _drop(noah.prompts[str(i)][:p].unsqueeze(0).expand(B, -1, -1))
+            x = torch.cat([x if last == 0 else x[:, :-last], tokens], dim=1)
+        lora, adapter = noah.loras[i], noah.adapters[i]
+
+        def qkv(h, lora=lora, blk=blk):
+            out = _lin(blk.attn.qkv, h)
+            if lora is None or not lora.rank:
+                return out
+            r = lora.rank
+            return out + torch.nn.functional.linear(torch.nn.functional.linear(_drop(h), lora.lora_A[:r]),
+                                                    lora.lora_B[:, :r])
+
+        def adapt(y, adapter=adapter):
+            if adapter is None or not adapter.hidden:
+                return y
+            a = adapter.hidden
+            h = _drop(_quick_gelu(torch.nn.functional.linear(y, adapter.down_weight[:a], adapter.down_bias[:a])))
+            return y + torch.nn.functional.linear(h, adapter.up_weight[:, :a], adapter.up_bias)
+
+        x = x + _drop_path(_attention(blk, _ln(blk.norm1, x), qkv=qkv))
+        z = _mlp(blk, _ln(blk.norm2, x))
+        x = x + (_drop_path(adapt(z)) if moved else adapt(_drop_path(z)))
+    return _head(model, x)
+
+
+def _vpt_official(model, images, moved=False):
+    """VPT 4410440, src/models/vit_prompt/vit.py: incorporate_prompt (cls, dropout(prompt.expand(B)),
+    patches) and forward_deep_prompt (layer i >= 1: its own prompts, expanded, then dropped out).
+    `moved`: dropout before expanding (one mask for the batch)."""
+    prompts = model.vpt_prompts.prompts
+    x = _embed(model, images)
+    B, n = x.shape[0], prompts.shape[1]
+
+    def tokens(i):
+        return _drop(prompts[i]).unsqueeze(0).expand(B, -1, -1) if moved else _drop(
+            prompts[i].unsqueeze(0).expand(B, -1, -1))
+
+    x = torch.cat([x[:, :1], tokens(0), x[:, 1:]], dim=1)
+    for i, blk in enumerate(model.blocks):
+        if i and prompts.shape[0] > 1:
+            x = torch.cat([x[:, :1], tokens(i), x[:, 1 + n:]], dim=1)
+        x = _block(blk, x)
+    return _head(model, torch.cat([x[:, :1], x[:, 1 + n:]], dim=1))
+
+
+def _adapter_official(model, images, moved=False):
+    """NOAH e9c55f3 Block.forward with AdapterSuper: x + adapter(drop_path(mlp(norm2(x)))),
+    adapter(y) = y + ln2(dropout(QuickGELU(ln1(y))))."""
+    x = _embed(model, images)
+    for blk in model.blocks:
+        a = blk.drop_path2
+
+        def adapt(y, a=a):
+            return y + _lin(a.up, _drop(_quick_gelu(_lin(a.down, y))))
+
+        x = x + _drop_path(_attention(blk, _ln(blk.norm1, x)))
+        z = _mlp(blk, _ln(blk.norm2, x))
+        x = x + (_drop_path(adapt(z)) if moved else adapt(_drop_path(z)))
+    return _head(model, x)
+
+
+def _adaptformer_official(model, images, moved=False):
+    """AdaptFormer 6967d67, models/custom_modules.py Block.forward (ffn_option parallel): adapt_x =
+    adaptmlp(x) from the post-attention residual, computed before the MLP; x = residual +
+    drop_path(mlp(norm2(x))) + adapt_x; models/adapter.py: up(dropout(relu(down(x)))) * scale."""
+    x = _embed(model, images)
+    for blk in model.blocks:
+        a = blk.mlp
+        x = x + _drop_path(_attention(blk, _ln(blk.norm1, x)))
+        adapt_x = _lin(a.up, _drop(torch.relu(_lin(a.down, x)))) * a.scale
+        z = _mlp(blk, _ln(blk.norm2, x))
+        x = x + (_drop_path(z + adapt_x) if moved else _drop_path(z) + adapt_x)
+    return _head(model, x)
+
+
+def _lora_official(model, images, moved=False):
+    """loralib c4593f0, layers.py MergedLinear.forward (enable_lora q, v): W x + b + zero_pad(conv1d(
+    A(lora_dropout(x)), B, groups=2)) * scaling. `moved`: the dropout on A's output instead."""
+    x = _embed(model, images)
+    for blk in model.blocks:
+        layer = blk.attn.qkv
+
+        def qkv(h, layer=layer):
+            A = torch.cat([layer.lora_A[t] for t in layer.targets])
+            B = torch.cat([layer.lora_B[t] for t in layer.targets])
+            after_a = _drop(torch.nn.functional.linear(h, A)) if moved else torch.nn.functional.linear(_drop(h), A)
+            after_b = torch.nn.functional.conv1d(after_a.transpose(-2, -1), B.unsqueeze(-1),
+                                                 groups=len(layer.targets)).transpose(-2, -1)
+            d = h.shape[-1]
+            padded = after_b.new_zeros(*after_b.shape[:-1], 3 * d)
+            for j, t in enumerate(layer.targets):
+                i = "qkv".index(t)
+                padded[..., i * d:(i + 1) * d] = after_b[..., j * d:(j + 1) * d]
+            return _lin(layer, h) + padded * layer.scaling
+
+        x = _block(blk, x, attn=lambda h, blk=blk, qkv=qkv: _attention(blk, h, qkv=qkv))
+    return _head(model, x)
+
+
+def _ssf(layer, t):
+    return t * layer.scale + layer.shift
+
+
+def _ssf_official(model, images, moved=False):
+    """SSF e94e0e7, models/vision_transformer.py: ssf_ada after the patch projection, qkv, proj, fc1
+    (before the activation), fc2, norm1 / norm2 (inside the residual branch) and the final norm.
+    `moved`: the proj scale-shift outside the attention branch's DropPath."""
+    x = _embed(model, images, proj=lambda t: _ssf(model.patch_embed.proj, torch.nn.functional.conv2d(
+        t, _base(model.patch_embed.proj).weight, _base(model.patch_embed.proj).bias, stride=8).flatten(2).transpose(1, 2)))
+    for blk in model.blocks:
+        attn = blk.attn
+
+        def branch(h, attn=attn, blk=blk, proj=True):
+            return _attention(blk, h, qkv=lambda t: _ssf(attn.qkv, _lin(attn.qkv, t)),
+                              proj=(lambda t: _ssf(attn.proj, _lin(attn.proj, t))) if proj else None)
+
+        h = _ssf(blk.norm1, _ln(blk.norm1, x))
+        x = x + (_ssf(attn.proj, _drop_path(branch(h, proj=False))) if moved else _drop_path(branch(h)))
+        h = _ssf(blk.norm2, _ln(blk.norm2, x))
+        x = x + _drop_path(_mlp(blk, h, fc1=lambda t, blk=blk: _ssf(blk.mlp.fc1, _lin(blk.mlp.fc1, t)),
+                                fc2=lambda t, blk=blk: _ssf(blk.mlp.fc2, _lin(blk.mlp.fc2, t))))
+    return _head(model, x, norm=lambda t: _ssf(model.norm, _ln(model.norm, t)))
+
+
+def _repadapter_official(model, images, moved=False):
+    """RepAdapter 360992f, repadapter.py forward_vit_block_adapter: x + drop_path(attn(adapter_attn(
+    norm1(x)))), x + drop_path(mlp(adapter_mlp(norm2(x)))); RepAdapter.forward: conv_B(dropout(conv_A(x)))
+    * scale + x, conv_B a grouped 1x1 conv. `moved`: dropout after conv_B."""
+    def adapter(layer, h):
+        g = layer.groups
+        down = torch.nn.functional.conv1d(h.transpose(1, 2), layer.down.weight.unsqueeze(-1), layer.down.bias)
+        down = down if moved else _drop(down)
+        up_w = layer.up_weight.reshape(-1, layer.up_weight.shape[-1]).unsqueeze(-1)
+        up = torch.nn.functional.conv1d(down, up_w, layer.up_bias, groups=g)
+        up = _drop(up) if moved else up
+        return (up * layer.scale).transpose(1, 2) + h
+
+    x = _embed(model, images)
+    for blk in model.blocks:
+        x = x + _drop_path(_attention(blk, adapter(blk.attn.qkv, _ln(blk.norm1, x))))
+        x = x + _drop_path(_mlp(blk, adapter(blk.mlp.fc1, _ln(blk.norm2, x))))
+    return _head(model, x)
+
+
+def _hydra_official(model, images, moved=False):
+    """Hydra 4138457, vtab1k/hydra.py forward_vit_hydra_attn / _ffn: par = hydra_par(input of proj /
+    fc2), seq = hydra_seq(its output), drop(out + par + seq); Hydra_layer: up(dropout(down(x))) * scale.
+    `moved`: each branch's dropout on its output instead of its bottleneck."""
+    def branch(b, u):
+        return (_drop(_lin(b.up, _lin(b.down, u))) if moved else _lin(b.up, _drop(_lin(b.down, u)))) * b.scale
+
+    def hydra(layer, u):
+        par = branch(layer.parallel, u)
+        y = _lin(layer, u)
+        return y + par + branch(layer.sequential, y)
+
+    x = _embed(model, images)
+    for blk in model.blocks:
+        x = _block(blk, x, attn=lambda h, blk=blk: _attention(blk, h, proj=lambda t: hydra(blk.attn.proj, t)),
+                   mlp=lambda h, blk=blk: _mlp(blk, h, fc2=lambda t: hydra(blk.mlp.fc2, t)))
+    return _head(model, x)
+
+
+OFFICIAL_FORWARDS = {  # method: (reference, hyper-parameters with every dropout at P)
+    "noah": (_noah_official, {"prompt_dims": (2, 0, 3, 1), "lora_ranks": (2, 0, 1, 2), "adapter_dims": (3, 2, 0, 1),
+                              "dropout": P}),
+    "vpt-shallow": (_vpt_official, {"num_tokens": 3, "dropout": P}),
+    "vpt-deep": (_vpt_official, {"num_tokens": 3, "dropout": P}),
+    "adapter": (_adapter_official, {"bottleneck": 4, "dropout": P}),
+    "adaptformer": (_adaptformer_official, {"bottleneck": 4, "dropout": P}),
+    "lora": (_lora_official, {"rank": 2, "alpha": 4.0, "dropout": P}),
+    "ssf": (_ssf_official, {}),
+    "repadapter": (_repadapter_official, {"hidden_dim": 8, "dropout": P}),
+    "hydra": (_hydra_official, {"rank": 2, "dropout": P}),
+    # selective methods: the official forward is the backbone's own (VPT's vit_models.py / GPS's train_gps.py)
+    "full": (_plain_official, {}), "linear": (_plain_official, {}), "partial": (_plain_official, {"k": 1}),
+    "gps": (_plain_official, {"top_k": 2}),
+}
+#: official-code ports without a training-mode reference here, and why (their own tests compare them)
+NO_TRAIN_REFERENCE = {
+    "bapat": "official code is Video Swin only (test_method_bapat.py)",
+    "dtl": "no stochastic op of its own; test_method_dtl.py compares the official block and head",
+    "dtl-plus": "as dtl",
+    "fact-tk": "test_method_fact.py compares the official fact_forward_attn / fact_forward_mlp",
+    "fact-tt": "as fact-tk",
+    "hst": "test_method_hst.py compares the official prepended sequence",
+    "snf": "test_method_snf.py compares the official flows",
+}
+
+
+def test_every_official_code_port_has_a_training_reference_or_says_why_not():
+    official = {n for n in CASES if get_method_class(n).provenance.kind == "official-code"}
+    assert official == set(OFFICIAL_FORWARDS) | set(NO_TRAIN_REFERENCE)
+    assert not set(OFFICIAL_FORWARDS) & set(NO_TRAIN_REFERENCE)
+
+
+def _train_mode_model(name: str, hparams: dict, depth: int = 4):
+    from timm.layers import DropPath
+
+    model = _small_vit(depth=depth, num_classes=5)
+    for blk in model.blocks:  # P everywhere (timm's linear decay from 0 would leave block 0 without)
+        blk.drop_path1, blk.drop_path2 = DropPath(P), DropPath(P)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(8, 3, 32, 32, generator=g)
+    apply_case(name, model, hparams, images=(images, torch.arange(8) % 5))
+    model.double()
+    perturb_method_tensors(model, seed=3)  # zero-init branches (LoRA B, adapter up, ...) become live
+    return model.train(), images.double()
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_FORWARDS))
+def test_train_mode_forward_equals_the_official_code(name):
+    reference, hparams = OFFICIAL_FORWARDS[name]
+    model, images = _train_mode_model(name, hparams)
+    torch.manual_seed(11)
+    ours = model(images)
+    torch.manual_seed(11)
+    official = reference(model, images)
+    torch.manual_seed(12)
+    other_draw = model(images)
+    torch.testing.assert_close(ours, official, rtol=0, atol=1e-10)
+    assert (ours - other_draw).abs().max() > 1e-3, f"{name}: the forward draws no random numbers (rates at {P})"
+    if reference is not _plain_official:  # the same branch moved across a DropPath / dropout differs
+        torch.manual_seed(11)
+        moved = reference(model, images, moved=True)
+        assert (ours - moved).abs().max() > 1e-6, f"{name}: moving the branch changes nothing; the test is blind"
+
+
+def test_ssf_on_an_average_pooled_vit_scales_the_tokens_before_the_pool():
+    """Official SSF (global_pool avg): norm is the identity, ssf_scale_1 scales the tokens after it,
+    then mean over the patch tokens, then fc_norm without a scale-shift; our port does the same, and
+    merging keeps that one (unfoldable) layer."""
+    model = _small_vit(depth=2, num_classes=5, global_pool="avg", fc_norm=True)
+    assert isinstance(model.norm, torch.nn.Identity)
+    applied = apply_case("ssf", model, {})
+    model.double().eval()
+    perturb_method_tensors(model, seed=4)
+    assert "norm" in applied.matched and "fc_norm" not in applied.matched
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)).double()
+    with torch.no_grad():
+        tokens = model.forward_features(images)
+        official = _lin(model.head, _ln(model.fc_norm, tokens[:, 1:].mean(1)))
+        ours = model(images)
+        torch.testing.assert_close(ours, official, rtol=0, atol=1e-10)
+        torch.testing.assert_close(tokens, model.norm.base_layer(tokens) * 1.0, rtol=0, atol=0)  # already scaled
+        merged = applied.merge_and_unload()
+        torch.testing.assert_close(merged(images), ours, rtol=0, atol=1e-10)
+    assert [type(m).__name__ for m in method_layers(merged)] == ["PooledTokenScaleShift"]
+
+
+#: methods whose training forward differs from evaluation by design, not by a stochastic op
+TRAIN_DIFFERS = {"hst": "its side network's BatchNorm normalises by batch statistics in training (official stem)"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - set(OFFICIAL_FORWARDS) - set(TRAIN_DIFFERS)))
+def test_train_mode_without_stochastic_ops_equals_eval_mode(name):
+    """The rest: with drop-path and every dropout of the method at 0, the training forward is the
+    evaluation forward (no hidden train-only path); merged-vs-unmerged parity is tested above."""
+    hparams = dict(CASES[name].small)
+    if "dropout" in get_method_class(name).config_cls.__dataclass_fields__:
+        hparams["dropout"] = 0.0
+    model = _small_vit(depth=2, num_classes=5)
+    x, y = batch()
+    apply_case(name, model, hparams, images=(x, y))
+    perturb_method_tensors(model, seed=6)
+    if hasattr(model, "noah"):
+        model.noah.sample_on_forward = False
+    with torch.no_grad():
+        train = model.train()(x)
+        evaluated = model.eval()(x)
+    torch.testing.assert_close(train, evaluated, rtol=0, atol=1e-6)

@@ -285,7 +285,10 @@ def test_load_runs(run_paths):
     assert ok["metric"] == 0.90
     assert ok["metric_name"] == "top1"
     assert ok["params"] == 12288 and ok["params_with_head"] == 12288 + 1290
-    assert ok["wall_seconds"] == 13.0 and ok["images_per_second"] == 201.0 and ok["peak_memory_mb"] == 512.0
+    assert ok["wall_seconds"] == 13.0 and ok["images_per_second"] == 201.0 and ok["process_peak_memory_mb"] == 512.0
+    assert ok["train_memory_mb"] == 41.0 and ok["train_samples_per_second"] == 301.0 and ok["eval_batch"] == 256
+    assert (ok["latency_b1_ms"], ok["latency_b1_unmerged_ms"], ok["latency_eval_ms"]) == (2.0, 2.5, 81.0)
+    assert ok["adapter_bytes"] == 50_000 + 12288 * 4 and ok["efficiency_device"] == "cpu: test-cpu, 1 threads"
     assert ok["protocol"] == "vtab1k" and ok["backbone"] == "vit-demo"
     assert json.loads(ok["packages"]) == {"timm": "1.0.31", "torch": "2.14.1"}
 
@@ -518,7 +521,15 @@ def test_html_report(run_paths, tmp_path):
     assert "V-PETL Bench README" in text
     # notes, cost table, provenance (commits differ between runs)
     assert "pretrained vs random-init linear probe: +12.3 points" in text
-    assert "Total wall time" in text and "512 MB" in text
+    assert "Total wall time" in text
+    # cost: the method's own figures and the device that measured them, not the process's RSS (512 MB)
+    flat = " ".join(text.split())
+    assert "Peak memory" not in text and "512 MB" not in text
+    assert "Measured on: cpu: test-cpu, 1 threads" in flat and "Training memory" in text and "Adapter size" in text
+    assert "41.0 MiB" in text  # helpers.runs records 40 + seed MiB: a method with only its seed-1 run
+    # VTAB-style suites label both means; every count here is << 1e7: the PPT note points to the plots
+    assert "Mean (tasks)" in text and "Mean (groups)" in text and "V-PETL\u2019s \u201cMean\u201d" in flat
+    assert "PPT ranks the methods almost exactly as the metric does" in flat
     assert "abc123" in text and "def456" in text and "differs between runs" in text
     assert "2.14.1" in text
 

@@ -104,9 +104,10 @@ def test_report_in_a_real_browser(finished_report, tmp_path):
     assert not [i for i in images if not i["ok"]], images
 
     by_id = {plot["id"]: plot for plot in plots}
-    assert set(by_id) == {f"plot-{suite}-{kind}" for suite in EXPECTED_MARKS for kind in ("tradeoff", "ppt")}
+    kinds = ("tradeoff", "memory", "latency", "ppt")  # every run records its costs: all four plots
+    assert set(by_id) == {f"plot-{suite}-{kind}" for suite in EXPECTED_MARKS for kind in kinds}
     for suite, methods in EXPECTED_MARKS.items():
-        for kind in ("tradeoff", "ppt"):
+        for kind in kinds:
             plot = by_id[f"plot-{suite}-{kind}"]
             assert plot["width"] > 200 and plot["height"] > 100, plot
             assert plot["title"] and plot["caption"], plot["id"]

@@ -110,13 +110,21 @@ def write_run(root: Path, suite: str, method: str, task: str, seed: int, value: 
             "metric": {"name": metric, "value": value}, "params": {"trainable": params},
             "train": {"wall_seconds": 2.0, "images_per_second": 100.0, "peak_memory_mb": 300.0},
             "eval": {"wall_seconds": 1.0}, "config": {"backbone": {"name": "demo", "arch": "demo_arch"}},
-            "provenance": {"git_commit": "abc"}}
+            "provenance": {"git_commit": "abc"},
+            # costs that order the methods otherwise than their parameter counts (see COSTS)
+            "efficiency": {"device": "cpu: test-cpu, 1 threads", "train_memory_kind": "cpu_tensor_bytes",
+                           "train_memory_mb": COSTS.get(method, (50.0, 5.0))[0], "eval_batch": 64,
+                           "latency_ms": {"merged": {"batch_1": 1.0, "batch_eval": COSTS.get(method, (50.0, 5.0))[1]}},
+                           "train_samples_per_second": 100.0, "trained_tensors_bytes": 4 * params}}
     if metrics is not None:
         data["metrics"] = metrics
     path.write_text(json.dumps(data))
     return path
 
 
+#: (training memory MiB, eval-batch latency ms) per method: dtl (side-tuning) trains in less memory than lora
+COSTS = {"linear": (20.0, 4.0), "full": (90.0, 4.0), "adapter": (60.0, 6.0), "lora": (55.0, 4.0), "dtl": (30.0, 5.0),
+         "mona": (70.0, 8.0)}
 FAMILIES = {"linear": "baseline", "full": "baseline", "bitfit": "partial", "adapter": "addition",
             "vpt-shallow": "addition", "lora": "reparameterization", "dtl": "side", "mona": "addition"}
 PARAMS = {"linear": 0, "full": 800_000, "bitfit": 5_888, "adapter": 8_736, "lora": 8_192, "dtl": 3_000,
@@ -226,7 +234,7 @@ def test_tradeoff_plot_has_one_mark_per_method_with_a_result(report):
 def test_plots_are_accessible_inline_svg_with_unique_ids(report):
     page = parse(report)
     figures = page.find_all("figure", cls="plot")
-    assert len(figures) == 8  # two per suite
+    assert len(figures) == 16  # four per suite: parameters, training memory, latency, PPT
     for fig in figures:
         svg = fig.find("svg")
         assert svg.attrs["role"] == "img"
@@ -352,3 +360,21 @@ def test_embedded_dense_suites_use_a_dense_protocol():
     for name in dense:
         assert config["suites"][name]["protocol"] in DENSE_PROTOCOLS, name
         assert config["suites"][name]["protocol"] not in config["protocols"], name  # not an image protocol
+
+
+def test_memory_and_latency_pareto_plots_beside_the_parameter_plot(report):
+    """Each suite with efficiency records gets the metric against the method's training memory and
+    against latency next to the parameter plot, each naming the device that measured it."""
+    page = parse(report)
+    figures = [f.attrs["id"] for f in section(page, "mini").find_all("figure", id_prefix="plot-mini-")]
+    assert figures == ["plot-mini-tradeoff", "plot-mini-memory", "plot-mini-latency", "plot-mini-ppt"]
+    memory, latency = figure(page, "mini", "memory"), figure(page, "mini", "latency")
+    assert set(marks(memory)) == set(marks(latency)) == {"linear", "full", "adapter", "lora"}  # dtl: no mean
+    for fig in (memory, latency):
+        caption = fig.find("figcaption").text()
+        assert "Measured on cpu: test-cpu, 1 threads" in caption
+    # memory front: linear (20 MiB, 51 %), lora (55, 58), full (90, 59): adapter (60, 55) is beaten by lora
+    assert "On the front here: linear, lora, full." in memory.find("figcaption").text()
+    assert "On the front here: full." in latency.find("figcaption").text()  # linear, lora, full tie at 4 ms
+    assert "batch 64" in latency.find("figcaption").text()
+    assert figure(page, "boxes", "memory") is not None  # dense suites too

@@ -20,7 +20,8 @@ mmengine's `auto_scale_lr` (`train.distributed` records how). Rank 0 alone write
 metrics.json (schema vpeft.run/1, as the image track): `metric` is the task's primary metric as a
 fraction (COCO box AP, VOC box AP@0.5, ADE20K mIoU) and `metrics` holds all of them; `params.trainable`
 counts the backbone's method parameters only (neck and heads excluded, as the dense papers count),
-`params.trainable_with_head` adds the neck and heads; `train.peak_memory_mb` is the training peak.
+`params.trainable_with_head` adds the neck and heads; `train.process_peak_memory_mb` is the process's peak,
+`efficiency` the method's training memory, mmengine's iteration times and the trained-tensor size.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def _record_hook():
 
         def before_train(self, runner):
             self._start = time.perf_counter()
+            self.iteration_seconds: list[float] = []
+            self.test_iteration_seconds: list[float] = []
+            self.cuda_peak = 0
+            self.saved = None
+            self.memory_parts = None
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            if runner.iter == 1 and not _on_cuda(runner):  # the 2nd iteration: optimizer state exists
+                from ..efficiency import SavedActivations
+
+                self.saved = SavedActivations(exclude=[*runner.model.parameters(), *runner.model.buffers()])
+                self.saved.__enter__()
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             loss = outputs.get("loss") if isinstance(outputs, dict) else None
@@ -103,6 +116,19 @@ def _record_hook():
                 raise DenseTrainingError(f"loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1})")
             self._window.append(value)
             self.images += len(data_batch["inputs"]) if data_batch else 0
+            # mmengine's own measures: IterTimerHook's train/time (updated before this LOW hook)
+            timer = runner.message_hub.get_scalar("train/time") if "train/time" in runner.message_hub.log_scalars \
+                else None
+            if timer is not None:
+                self.iteration_seconds.append(float(timer.current()))
+            if _on_cuda(runner):  # what mmengine logs as memory (its LoggerHook resets the peak at each log)
+                import torch
+
+                self.cuda_peak = max(self.cuda_peak, torch.cuda.max_memory_allocated())
+            elif self.saved is not None:
+                self.saved.__exit__(None, None, None)
+                self.memory_parts = _cpu_memory_parts(runner, self.saved.bytes)
+                self.saved = None
             if not runner.train_loop.__class__.__name__.startswith("Epoch") and \
                     (runner.iter + 1) % max(1, runner.train_loop.max_iters // 20) == 0:
                 self._close(runner, f"iteration {runner.iter + 1}")
@@ -125,7 +151,59 @@ def _record_hook():
             self._close(runner, "end")
             self.seconds = self._before + time.perf_counter() - self._start
 
+        def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if "test/time" in runner.message_hub.log_scalars:
+                self.test_iteration_seconds.append(float(runner.message_hub.get_scalar("test/time").current()))
+
     return RunRecord()
+
+
+def _on_cuda(runner) -> bool:
+    return next(runner.model.parameters()).device.type == "cuda"
+
+
+def _cpu_memory_parts(runner, saved_bytes: int) -> dict:
+    """The CPU training-memory parts of `vpeft.efficiency` for one mmengine iteration: model tensors,
+    gradients (one per trainable tensor: mmengine zeroes them before the hook runs), optimizer state,
+    saved activations."""
+    from ..efficiency import tensor_bytes
+
+    model = runner.model
+    optimizer = runner.optim_wrapper.optimizer
+    state = (v for s in optimizer.state.values() for v in s.values() if hasattr(v, "untyped_storage"))
+    return {"parameters": tensor_bytes([*model.parameters(), *model.buffers()]),
+            "gradients": tensor_bytes(p for p in model.parameters() if p.requires_grad),
+            "optimizer_state": tensor_bytes(state), "saved_activations": saved_bytes}
+
+
+def _efficiency(record, device: str, batch: int, tensors_path: Path) -> dict:
+    """The dense run's efficiency record: mmengine's iteration times (train: steady state after the
+    first tenth; test: its per-image iterations, data loading included) and memory (CUDA peak as
+    mmengine logs it; on CPU the tensor bytes of `vpeft.efficiency`), the trained-tensor size."""
+    import statistics
+
+    import torch
+
+    from ..efficiency import device_name, file_bytes
+
+    times = record.iteration_seconds
+    steady = times[max(1, len(times) // 10):] or times
+    out = {"device": device_name(torch.device(device)), "source": "mmengine",
+           "train_iteration_seconds": statistics.median(steady) if steady else None,
+           "train_samples_per_second": batch / statistics.median(steady) if steady else None,
+           "train_batch": batch}
+    if device == "cuda":
+        out.update(train_memory_mb=record.cuda_peak / 2**20, train_memory_kind="cuda_max_allocated")
+    elif record.memory_parts is not None:
+        out.update(train_memory_mb=sum(record.memory_parts.values()) / 2**20, train_memory_kind="cpu_tensor_bytes",
+                   train_memory_parts_mb={k: v / 2**20 for k, v in record.memory_parts.items()})
+    else:
+        out.update(train_memory_mb=None, train_memory_kind="not measured (a single training iteration)")
+    test = record.test_iteration_seconds[1:] or record.test_iteration_seconds
+    out["latency_ms"] = {"merged": {"batch_eval": 1000 * statistics.median(test) if test else None,
+                                    "measure": "mmengine test/time per test iteration (data loading included)"}}
+    out["trained_tensors_bytes"] = file_bytes(tensors_path)
+    return out
 
 
 def _toolbox_metrics(results: dict) -> dict:
@@ -309,7 +387,7 @@ def train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads:
             # the sampler gives every rank the same number of images; rank 0 counted its own
             "images": record.images * processes,
             "images_per_second": record.images * processes / max(record.seconds, 1e-9),
-            "wall_seconds": record.seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+            "wall_seconds": record.seconds, "process_peak_memory_mb": peak, "process_peak_memory_kind": peak_kind,
             "final_loss": record.history[-1]["loss"] if record.history else math.nan, "history": record.history,
             "loss_of": "rank 0's batches" if processes > 1 else "all batches",
             "resumed_from": Path(resume_from[len(SCHEME):]).name if resume_from else None,
@@ -318,6 +396,7 @@ def train_and_evaluate(run: dict, metrics_path: Path, index_path: Path, threads:
         },
         "eval": {"split": protocol["eval_split"], "num_images": eval_images, "wall_seconds": eval_seconds,
                  "merged": mergeable, "evaluator": cfg["test_evaluator"]["type"], "raw": _plain(results), "notes": notes},
+        "efficiency": _efficiency(record, device, plan["images_per_process"], metrics_path.parent / TRAINED_TENSORS),
         "config": {**run, "classes": list(classes), "checkpoint_sha256": model.backbone.checkpoint_sha256,
                    "fingerprint": fingerprint, "index": str(index_path),
                    "mmengine_config_sha256": hashlib.sha256(config_text.encode()).hexdigest()},

@@ -58,10 +58,65 @@ class TrainingError(RuntimeError):
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """The process's peak (whole run, torch's own footprint included); the method's own training memory
+    is `efficiency.train_memory_mb`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     # Linux reports ru_maxrss in KiB: the whole process's peak resident memory.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+class _EfficiencyProbe:
+    """The run's efficiency record (vpeft.efficiency): training memory and throughput of the trained
+    (unmerged) model on a copy, latency at batch 1 unmerged and merged, at the evaluation batch from the
+    evaluation itself (merged) and, for mergeable methods with layers, unmerged; the trained-tensor size.
+    Random inputs of the evaluation split's shape: the cost does not depend on the pixel values."""
+
+    def __init__(self, model, method, tc: TrainingConfig, dev, autocast, criterion, eval_set, views: int):
+        from ..efficiency import latency_ms, measure_training
+        from ..methods import method_layers
+        from .optim import build_optimizer
+
+        self.autocast, self.dev = autocast, dev
+        sample = eval_set[0][0]
+        sample = sample[0] if views > 1 else sample  # one view: what a training step sees per example
+        g = torch.Generator().manual_seed(0)
+        self.one = torch.randn(1, *sample.shape, generator=g).to(dev)
+        self.eval_batch = max(1, tc.eval_batch_size // views) * views
+        with torch.no_grad():
+            model.eval()
+            with autocast():
+                classes = model(self.one).shape[-1]
+        inputs = torch.randn(tc.batch_size, *sample.shape, generator=g).to(dev)
+        labels = (torch.arange(tc.batch_size) % classes).to(dev)
+        self.record = measure_training(model, lambda m: build_optimizer(parameter_groups(m, tc), tc, dev),
+                                       inputs, labels, criterion=criterion, autocast=autocast)
+        self.latency = {"unmerged": {"batch_1": latency_ms(model, self.one, autocast=autocast)}}
+        if method.mergeable and method_layers(model):  # merging changes what runs: time both forms
+            eval_inputs = torch.randn(self.eval_batch, *sample.shape, generator=g).to(dev)
+            # one call, warmed up by the batch-1 calls: a second would double the cost of the figure
+            self.latency["unmerged"]["batch_eval"] = latency_ms(model, eval_inputs, autocast=autocast, calls=1,
+                                                                warmup=0)
+        self.mergeable = bool(method.mergeable)
+
+    def finish(self, merged_model, batch_seconds: list, tensors_path: Path) -> dict:
+        from ..efficiency import device_name, file_bytes, latency_ms
+
+        full = [sec for n, sec in batch_seconds if n == self.eval_batch]
+        # the evaluation's full batches after its first (warm-up); its first alone when it had one full
+        # batch (an extra call would cost as much again); one extra call when it had none
+        timed = full[1:] or full[:1] or [latency_ms(merged_model, torch.randn(self.eval_batch, *self.one.shape[1:],
+                                                                   generator=torch.Generator().manual_seed(1)
+                                                                   ).to(self.dev),
+                                        autocast=self.autocast, calls=1, warmup=0) / 1000]
+        merged = {"batch_eval": 1000 * sorted(timed)[len(timed) // 2]}
+        if self.mergeable:
+            merged["batch_1"] = latency_ms(merged_model, self.one, autocast=self.autocast)
+        else:  # nothing was merged: the batch-1 figure is the one model's
+            merged["batch_1"] = self.latency.pop("unmerged")["batch_1"]
+        return {"device": device_name(self.dev), **self.record, "eval_batch": self.eval_batch,
+                "latency_ms": {"merged": merged, **self.latency},
+                "trained_tensors_bytes": file_bytes(tensors_path)}
 
 
 def evaluate(model, loader, device, *, views: int | None = None, autocast=None) -> tuple[float, int]:
@@ -76,14 +131,20 @@ def evaluate(model, loader, device, *, views: int | None = None, autocast=None) 
 
 
 @torch.no_grad()
-def evaluate_counts(model, loader, device, *, views: int | None = None, autocast=None) -> tuple[int, int]:
-    """(correct, total) of `evaluate`, as integers: shards of a split add up exactly."""
+def evaluate_counts(model, loader, device, *, views: int | None = None, autocast=None,
+                    batch_seconds: list | None = None) -> tuple[int, int]:
+    """(correct, total) of `evaluate`, as integers: shards of a split add up exactly. `batch_seconds`,
+    if given, receives (inputs the model saw, seconds of its forward) per batch (the latency record)."""
     model.eval()
+    sync = torch.device(device).type == "cuda" and batch_seconds is not None
     views = int(views if views is not None else getattr(loader.dataset, "views", 1) or 1)
     autocast = autocast or autocast_context(torch.device(device), "fp32")
     correct = total = 0
     for inputs, labels in loader:
         inputs, labels = inputs.to(device), labels.to(device)
+        if sync:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
         if views > 1:
             if inputs.ndim < 2 or inputs.shape[1] != views:
                 raise TrainingError(f"evaluation dataset declares views={views} but yields a batch of shape "
@@ -94,6 +155,10 @@ def evaluate_counts(model, loader, device, *, views: int | None = None, autocast
         else:
             with autocast():
                 scores = model(inputs)
+        if batch_seconds is not None:
+            if sync:
+                torch.cuda.synchronize(device)
+            batch_seconds.append((int(labels.numel()) * views, time.perf_counter() - start))
         correct += round(top1_accuracy(scores, labels) * labels.numel())
         total += labels.numel()
     return correct, total
@@ -389,14 +454,18 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
         save_trained_tensors(metrics_path.parent / TRAINED_TENSORS, model, method,
                              run={**asdict(run), "training": asdict(tc)}, checkpoint_sha=checkpoint_sha,
                              selection=selection, fingerprint=fingerprint)
+    peak, peak_kind = _peak_memory_mb(dev)  # before the efficiency probe, which trains a copy
+    probe = _EfficiencyProbe(model, method, tc, dev, autocast, criterion, eval_set, views) if world.is_main else None
     # Reparameterisable methods are evaluated as the plain backbone with the update folded in.
     model = applied.merge_and_unload()
     start = time.perf_counter()
-    correct, n_eval = evaluate_counts(model, eval_loader, dev, views=views, autocast=autocast)
+    batch_seconds: list = []
+    correct, n_eval = evaluate_counts(model, eval_loader, dev, views=views, autocast=autocast,
+                                      batch_seconds=batch_seconds)
     correct, n_eval = (int(x) for x in world.sum(correct, n_eval))  # each rank evaluated its own examples
     accuracy = correct / n_eval
     eval_seconds = time.perf_counter() - start
-    peak, peak_kind = _peak_memory_mb(dev)
+    efficiency = probe.finish(model, batch_seconds, metrics_path.parent / TRAINED_TENSORS) if probe else None
     log.info("final model on %s: top-1 %.4f (%d images)", run.protocol["eval_split"], accuracy, n_eval)
 
     metrics = {
@@ -409,7 +478,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                    "head": counts["head"], "backbone_total": counts["total"] - counts["head"]},
         "matched_modules": applied.matched,
         "train": {"epochs": tc.epochs, "images": int(seen), "images_per_second": seen / max(train_seconds, 1e-9),
-                  "wall_seconds": train_seconds, "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+                  "wall_seconds": train_seconds, "process_peak_memory_mb": peak, "process_peak_memory_kind": peak_kind,
                   "resumed_from_epoch": start_epoch or None,
                   "final_loss": history[-1]["loss"] if history else math.nan,
                   "feature_cache": cache_info.to_dict(), "precision": precision, "compiled": bool(tc.compile),
@@ -417,6 +486,7 @@ def _train_and_evaluate(values: dict, metrics_path: Path, threads: int, base_dir
                   "processes": world.size, "loader_workers": workers},
         "eval": {"split": run.protocol["eval_split"], "num_images": n_eval, "wall_seconds": eval_seconds,
                  "merged": bool(method.mergeable), "views": views},
+        "efficiency": efficiency,
         "config": {**asdict(run), "training": asdict(tc), "method_hparams": method.config.to_dict(),
                    "checkpoint_sha256": checkpoint_sha, "fingerprint": fingerprint,
                    "selection_sha256": selection_sha},

@@ -340,6 +340,8 @@ class PeftMethod:
         """Merge, then replace every wrapper by its base layer: the result is a plain timm model."""
         self.merge(model)
         for parent, child_name, layer in list(_method_layer_slots(model)):
+            if getattr(layer, "stays_after_merge", False):  # nothing frozen can absorb it (see the layer)
+                continue
             base = getattr(layer, "base_layer", None)
             if base is None:
                 raise MethodError(f"{type(layer).__name__} at {child_name} has no base layer to restore")

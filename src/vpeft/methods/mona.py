@@ -19,7 +19,8 @@ on the block output) and its `drop_path1` is wrapped (`MonaAfterAttention`): wit
 kept by the block wrapper, it returns a + f_1(x + a) for the attention branch a, so the block's own
 `x + drop_path1(...)` becomes Mona_1(x + a). Swin blocks carry NHWC maps, so the grid is given; on a
 ViT the patch tokens are laid out on the patch grid and prefix tokens (CLS) are filtered as 1x1 maps
-(a k x k depthwise kernel then acts through its centre tap): our ViT variant.
+(a k x k depthwise kernel then acts through its centre tap): our ViT variant, which is why the
+provenance is `variant` (the official code is Swin-only; the VTAB runs use this ViT handling).
 
 Parameters per module: LN 2d + gamma, gamma_x 2d + W_down dm + m + W_up md + d + depthwise
 sum(k^2 m + m) + 1x1 m^2 + m; at m = 64 and k = 3, 5, 7: 133 d + 9,728. Two per block: 3,667,456 on
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MethodConfig, MethodError, MethodLayer, PeftMethod, match_modules, replace_module
-from .base import official_code
+from .base import variant
 from .registry import register_method
 
 
@@ -195,10 +196,12 @@ class Mona(PeftMethod):
     config_cls = MonaConfig
     mergeable = False
     paper = "Yin et al., 5%>100%: Breaking Performance Shackles of Full Fine-Tuning (Mona), CVPR 2025"
-    provenance = official_code(
-        "Leiyi-Hu/mona", "5deeac9f4fc5e788b7fa0132ec568cd256afca12",
-        "Swin-Transformer-Classification/mmcls/models/backbones/swin_transformer_mona.py",
-        notes="published 4.16 M / 5.08 M not reproduced by the code's per-block formula")
+    provenance = variant(
+        "ViT port of Mona: the official code (Leiyi-Hu/mona@5deeac9, Swin-Transformer-Classification/"
+        "mmcls/models/backbones/swin_transformer_mona.py) is Swin-only; on a ViT the patch tokens go on the "
+        "patch grid and the CLS token is filtered as a 1x1 map (the project's own handling)",
+        notes="on Swin the module and placement follow that file; published 4.16 M / 5.08 M not "
+              "reproduced by the code's per-block formula")
 
     def inject(self, model):
         c = self.config

@@ -4,13 +4,18 @@ NOAH treats three PEFT modules as "prompt modules" and searches, per dataset, ho
 in every block. Every block ``i`` may hold:
 
 * ``p_i`` VPT-Deep prompt tokens, appended at the *end* of the token sequence at the block's input
-  (no position embedding). A block with prompts replaces the prompt outputs of the previous block; a
-  block without prompts carries the current ones through. The prompt outputs are removed after the last
-  block, so the head sees the original token layout. Dropout 0.1 on the prompt tokens.
+  (no position embedding). As NOAH's block forward: a block with prompts replaces the last ``p_{i-1}``
+  tokens (the previous block's prompt outputs) by its own, or appends its own when the previous block
+  had none (``p_{i-1} = 0``), so prompts of earlier blocks stay in the sequence; a block without prompts
+  carries the current ones through. All prompt outputs are removed after the last block, so the head
+  sees the original token layout. Dropout 0.1 on the prompt tokens, drawn per sample (after expanding
+  over the batch, as NOAH).
 * a LoRA update of rank ``r_i`` on the fused ``attn.qkv`` projection (all of q, k and v: A is r x d,
   B is 3d x r), no alpha/r scaling, dropout 0.1 on the branch input;
-* an Adapter of bottleneck ``a_i`` on the MLP output, inside the MLP residual:
-  ``z + W_up drop(QuickGELU(W_down z + b_d)) + b_u`` with ``z = MLP(LN2(x))``, dropout 0.1.
+* an Adapter of bottleneck ``a_i`` on the MLP branch *after* its DropPath, as NOAH's block forward
+  ``x + adapter(drop_path(mlp(norm2(x))))``: ``z + W_up drop(QuickGELU(W_down z + b_d)) + b_u`` with
+  ``z = DropPath(MLP(LN2(x)))``, dropout 0.1 (injected by wrapping ``blocks.N.drop_path2``, as the
+  project's ``adapter``).
 
 A dimension of 0 means the module is absent from that block. ``prompt_dims``, ``lora_ranks`` and
 ``adapter_dims`` give one value per block (or a single value for every block).
@@ -276,7 +281,8 @@ class NoahLora(MethodLayer):
 
 
 class NoahAdapter(MethodLayer):
-    """Adapter on the output of the wrapped MLP; the first `dim` hidden units are active."""
+    """Adapter on the output of the wrapped module (a block's `drop_path2`, so it reads the dropped-path
+    MLP output as NOAH's block); the first `hidden` units are active."""
 
     def __init__(self, base_layer: nn.Module, dim: int, max_hidden: int, dropout: float, init_width: int):
         super().__init__()
@@ -395,15 +401,23 @@ class NoahController(MethodLayer):
 
     # -- prompt hooks -------------------------------------------------------------------------
     def _enter_block(self, index: int, module, args):
+        x = args[0]
+        dims = self.active["prompt_dims"]
+        p = dims[index]
         if index == 0:
             self._carried = 0
-        p = self.active["prompt_dims"][index]
+            if p and self.training:
+                # NOAH appends p_0 model-level input prompts (with their own dropout) that block 0
+                # replaces before any block reads them; only their dropout draw is left, kept so that
+                # the random stream stays NOAH's.
+                self.dropout(x.new_zeros(1, p, x.shape[-1]).expand(x.shape[0], -1, -1))
         if p == 0:
-            return None  # carry the previous block's prompt outputs through
-        x = args[0]
+            return None  # carry the current prompt outputs through
         tokens = self.prompts[str(index)][:p].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        x = torch.cat([x[:, :x.shape[1] - self._carried], self.dropout(tokens)], dim=1)
-        self._carried = p
+        tokens = self.dropout(tokens)  # one mask per sample: dropout after expanding, as NOAH
+        replaced = dims[index - 1] if index > 0 else 0  # NOAH replaces the previous block's p_{i-1} tokens
+        x = torch.cat([x[:, :x.shape[1] - replaced], tokens], dim=1)
+        self._carried += p - replaced
         return (x, *args[1:])
 
     def _leave_last_block(self, module, args, output):
@@ -452,8 +466,10 @@ class Noah(PeftMethod):
     paper = "Zhang, Zhou & Liu, Neural Prompt Search (NOAH), arXiv 2206.04673, 2022"
     provenance = official_code(
         "ZhangYuanhan-AI/NOAH", "e9c55f360be4f7f1133a08bf84f86f0309e98f8c",
-        "model/supernet_vision_transformer_timm.py", "model/module/adapter_super.py",
-        "model/module/qkv_super_prompt.py", "evolution.py")
+        "model/supernet_vision_transformer_timm.py", "model/module/adapter_super.py", "evolution.py",
+        notes="LoRA as the Attention class of supernet_vision_transformer_timm.py, prompts and adapter as "
+              "its Block.forward (adapter after the MLP's DropPath); prefix tuning (off in NOAH's VTAB "
+              "search) omitted")
     #: The workflow trains a supernet, searches a subnet on val200 and retrains it (engine.noah_search).
     needs_search = True
 
@@ -480,18 +496,19 @@ class Noah(PeftMethod):
         for i, block in enumerate(blocks):
             touched = sizes["prompt_dims"][i] > 0
             qkv = getattr(getattr(block, "attn", None), "qkv", None)
-            mlp = getattr(block, "mlp", None)
-            if not isinstance(qkv, nn.Linear) or mlp is None:
-                raise MethodError(f"NOAH: blocks.{i} has no attn.qkv Linear or mlp")
+            drop_path = getattr(block, "drop_path2", None)
+            if not isinstance(qkv, nn.Linear) or getattr(block, "mlp", None) is None or drop_path is None:
+                raise MethodError(f"NOAH: blocks.{i} has no attn.qkv Linear, mlp or drop_path2 (a timm ViT "
+                                  f"block has all three)")
             lora = adapter = None
             if sizes["lora_ranks"][i]:
                 lora = NoahLora(qkv, sizes["lora_ranks"][i], c.dropout)
                 replace_module(model, f"blocks.{i}.attn.qkv", lora)
                 matched.append(f"blocks.{i}.attn.qkv")
             if sizes["adapter_dims"][i]:
-                adapter = NoahAdapter(mlp, model.embed_dim, sizes["adapter_dims"][i], c.dropout, init_width)
-                replace_module(model, f"blocks.{i}.mlp", adapter)
-                matched.append(f"blocks.{i}.mlp")
+                adapter = NoahAdapter(drop_path, model.embed_dim, sizes["adapter_dims"][i], c.dropout, init_width)
+                replace_module(model, f"blocks.{i}.drop_path2", adapter)
+                matched.append(f"blocks.{i}.drop_path2")
             if touched:
                 matched.append(f"blocks.{i}")
             loras.append(lora)

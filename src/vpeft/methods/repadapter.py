@@ -88,7 +88,13 @@ class RepAdapterLinear(MethodLayer):
 
     def adapter(self, x: torch.Tensor) -> torch.Tensor:
         """s * B(dropout(A x + a)) + s * b: the adapter's residual term."""
-        h = self.dropout(self.down(x))
+        h = self.down(x)
+        if h.ndim == 3 and not isinstance(self.dropout, nn.Identity):
+            # the official conv_A output is (B, r, N): its dropout mask is drawn in that layout, so draw
+            # it there too (same random stream as the official code, same result for the same seed)
+            h = self.dropout(h.transpose(1, 2).contiguous()).transpose(1, 2)
+        else:
+            h = self.dropout(h)
         h = h.unflatten(-1, (self.groups, -1))                       # ... g, r/g
         up = torch.einsum("...gi,goi->...go", h, self.up_weight).flatten(-2)  # ... d
         return (up + self.up_bias) * self.scale

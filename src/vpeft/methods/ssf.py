@@ -5,6 +5,11 @@ projection, of `attn.qkv`, `attn.proj`, `mlp.fc1` (before the activation), `mlp.
 `norm2` in every block, and of the final `norm` (as in the official dongzelian/SSF models). On a timm
 Swin the same regex also covers the patch-embedding LayerNorm and each `downsample.norm` (the official
 Swin model scales those too); the bias-free `downsample.reduction` is left alone, as officially.
+On an average-pooled timm ViT (`global_pool='avg'`: `norm` is the identity, the final LayerNorm is
+`fc_norm` after the pool) the official model scales the *tokens* before pooling (its `ssf_scale_1`
+after the identity `norm`) and leaves `fc_norm` alone; so does this port there (`PooledTokenScaleShift`
+on `norm`, `fc_norm` not wrapped). That one scale-shift sits before the mean and a LayerNorm, which
+no frozen tensor can absorb: it stays a layer after `merge_and_unload` (the only SSF case that does).
 
 Init: gamma ~ N(1, 0.02), beta ~ N(0, 0.02), as in the paper and code, so the model is NOT the frozen
 one at init (only close to it).
@@ -24,6 +29,7 @@ gamma and beta) from weight decay; our engine decays every trainable tensor (see
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +41,8 @@ from .base import (
     MethodLayer,
     PeftMethod,
     leading_untouched_blocks,
-    wrap_modules,
+    match_modules,
+    replace_module,
 )
 from .base import official_code
 from .registry import register_method
@@ -44,6 +51,7 @@ _DEFAULT_TARGETS = (r"^patch_embed\.(proj|norm)$"
                     r"|(^|\.)(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|norm1|norm2|downsample\.norm)$"
                     r"|^(norm|fc_norm)$")
 _KINDS = (nn.Linear, nn.Conv2d, nn.LayerNorm)
+
 
 
 @dataclass
@@ -60,6 +68,34 @@ class SsfConfig(MethodConfig):
     def validate(self):
         if not self.init_std >= 0.0:
             raise MethodError(f"ssf.init_std must be >= 0, got {self.init_std}")
+
+
+class PooledTokenScaleShift(MethodLayer):
+    """SSF's scale-shift of the final tokens of an average-pooled ViT, on the (identity) `norm` before
+    the pool, as the official model. Not foldable: it stays after merging (`stays_after_merge`)."""
+
+    stays_after_merge = True
+
+    def __init__(self, base_layer: nn.Module, dim: int, init_std: float):
+        super().__init__()
+        self.base_layer = base_layer
+        self.scale = nn.Parameter(torch.empty(dim).normal_(1.0, init_std))
+        self.shift = nn.Parameter(torch.empty(dim).normal_(0.0, init_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) * self.scale + self.shift
+
+    def merge(self) -> None:
+        """Nothing to fold (see the class docstring): the layer keeps computing."""
+
+    def unmerge(self) -> None:
+        """Nothing was folded."""
+
+
+def _avg_pooled_vit(model: nn.Module) -> bool:
+    return (getattr(model, "global_pool", None) == "avg" and hasattr(model, "blocks")
+            and isinstance(getattr(model, "norm", None), nn.Identity)
+            and isinstance(getattr(model, "fc_norm", None), nn.LayerNorm))
 
 
 class ScaleShift(MethodLayer):
@@ -133,8 +169,16 @@ class Ssf(PeftMethod):
 
     def inject(self, model):
         c = self.config
-        names = wrap_modules(model, c.target_modules, lambda base: ScaleShift(base, c.init_std),
-                             kind=_KINDS, method=self.name)
+        pooled = _avg_pooled_vit(model) and re.search(c.target_modules, "fc_norm") is not None
+        names = [n for n in match_modules(model, c.target_modules, _KINDS) if not (pooled and n == "fc_norm")]
+        if not names:
+            raise MethodError(f"{self.name}: no module of {type(model).__name__} matches "
+                              f"target_modules={c.target_modules!r}")
+        for name in names:
+            replace_module(model, name, ScaleShift(model.get_submodule(name), c.init_std))
+        if pooled:  # official SSF scales the tokens before the pool, not the pooled feature (see above)
+            model.norm = PooledTokenScaleShift(model.norm, model.fc_norm.normalized_shape[0], c.init_std)
+            names = sorted({*names, "norm"})
         return names
 
     def frozen_prefix_blocks(self, model):

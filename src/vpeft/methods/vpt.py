@@ -5,6 +5,8 @@ embedding is added (prompts carry no position). VPT-Shallow inserts p tokens at 
 first block (p*d parameters: 76,800 for p=100 on ViT-B/16); VPT-Deep gives every block its own p
 tokens, replacing the previous block's prompt outputs (L*p*d). Prompt outputs are dropped after the
 last block, so the head sees the original token layout. Init is VPT's uniform(+-sqrt(6/(3*k*k + d))).
+Prompt dropout (`dropout`, VPT's PROMPT.DROPOUT) is drawn per sample, after expanding over the batch,
+as VPT's `incorporate_prompt` / `forward_deep_prompt`.
 
 Implemented with forward hooks on the timm blocks, so the timm model's code is unchanged.
 """
@@ -64,7 +66,8 @@ class PromptTokens(MethodLayer):
         self.add_forward_hook(blocks[-1], self._remove)
 
     def _tokens(self, layer: int, batch: int) -> torch.Tensor:
-        return self.dropout(self.prompts[layer]).unsqueeze(0).expand(batch, -1, -1)
+        # VPT expands over the batch first, then drops out: every sample gets its own mask
+        return self.dropout(self.prompts[layer].unsqueeze(0).expand(batch, -1, -1))
 
     def _insert(self, module, args):
         x = args[0]
@@ -89,7 +92,9 @@ class _Vpt(PeftMethod):
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022"
     provenance = official_code(
         "KMnP/vpt", "4410440ec1b489f24f66b9fad3d9b10ff3443567", "src/models/vit_prompt/vit.py",
-        "src/configs/config.py")
+        "src/configs/config.py",
+        notes="prompt dropout per sample as incorporate_prompt / forward_deep_prompt; prompt_proj off "
+              "(PROJECT -1, VPT's default); timm blocks stand for VPT's own ViT encoder")
     deep: bool
 
     def inject(self, model):

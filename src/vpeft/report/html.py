@@ -45,7 +45,7 @@ from vpeft.report.published import (
     load_published_dense,
     published_task,
 )
-from vpeft.report.tables import cell_table, dense_table, suite_table
+from vpeft.report.tables import cell_table, dense_table, efficiency_table, suite_table
 
 __all__ = ["build_context", "format_seconds", "human_params", "render_html", "render_report"]
 
@@ -435,21 +435,15 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
             )
     n_expected = int(cells[["n_ok", "n_failed", "n_missing"]].to_numpy().sum()) if len(cells) else 0
 
+    efficiency = efficiency_table(runs, name, methods)
     cost = []
     for method in methods:
         mine = ok_runs[ok_runs["method"] == method] if len(ok_runs) else ok_runs
-        ips = [v for v in mine["images_per_second"] if _isnum(v)]
-        mem = [v for v in mine["peak_memory_mb"] if _isnum(v)]
         wall = [v for v in mine["wall_seconds"] if _isnum(v)]
-        cost.append(
-            {
-                "method": method,
-                "runs": len(mine),
-                "images_per_second": f"{sum(ips) / len(ips):,.1f}" if ips else "\u2013",
-                "peak_memory": f"{max(mem):,.0f} MB" if mem else "\u2013",
-                "wall": format_seconds(sum(wall)) if wall else "\u2013",
-            }
-        )
+        cost.append({"method": method, "runs": len(mine), **_efficiency_cells(efficiency.loc[method]),
+                     "wall": format_seconds(sum(wall)) if wall else "\u2013"})
+    devices = sorted({d for text in efficiency["devices"] for d in text.split("; ") if d})
+    kinds = sorted({k for text in efficiency["train_memory_kind"] for k in text.split("; ") if k})
 
     checks = []
     run_protocols = _distinct(suite_runs["protocol"]) if len(suite_runs) else []
@@ -464,7 +458,8 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
     plot_list = []
     if plots:
         short = ", ".join(metric_name(n) for n in metric_names) or metric_name(None)
-        plot_list = _plots_context(image_plot_data(runs, name, cfg, methods, tasks, table, f"{short} (%)"))
+        plot_list = _plots_context(image_plot_data(runs, name, cfg, methods, tasks, table, f"{short} (%)",
+                                                   efficiency))
     return {
         "name": name,
         "title": cfg.get("title") or name,
@@ -486,7 +481,62 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
         "n_expected": n_expected,
         "n_ok": int(cells["n_ok"].sum()) if len(cells) else 0,
         "cost": cost,
+        "cost_devices": ", ".join(devices) or "not recorded",
+        "cost_memory_kinds": ", ".join(_MEMORY_KINDS.get(k, k) for k in kinds),
+        "ppt_note": _ppt_note(table["params"].tolist()),
     }
+
+
+_MEMORY_KINDS = {
+    "cuda_max_allocated": "GPU: torch.cuda.max_memory_allocated during a training step, the run's other tensors "
+                          "subtracted",
+    "cpu_tensor_bytes": "CPU: bytes of parameters, gradients, optimizer state and autograd-saved activations of "
+                        "one training step",
+}
+
+
+def _ms(value: Any) -> str:
+    if not _isnum(value):
+        return "\u2013"
+    return f"{value:,.1f} ms" if value >= 10 else f"{value:.2f} ms"
+
+
+def _size(n: Any) -> str:
+    if not _isnum(n):
+        return "\u2013"
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def _efficiency_cells(row: pd.Series) -> dict[str, str]:
+    """One method's efficiency figures (medians over its runs, `efficiency_table`), formatted."""
+    def pair(merged: Any, unmerged: Any) -> str:
+        text = _ms(merged)
+        return f"{text} / {_ms(unmerged)}" if _isnum(unmerged) and _isnum(merged) else text
+
+    memory = row["train_memory_mb"]
+    throughput = row["train_samples_per_second"]
+    batch = row["eval_batch"]
+    return {"train_memory": f"{memory:,.1f} MiB" if _isnum(memory) else "\u2013",
+            "throughput": f"{throughput:,.1f}" if _isnum(throughput) else "\u2013",
+            "latency_1": pair(row["latency_b1_ms"], row["latency_b1_unmerged_ms"]),
+            "latency_eval": pair(row["latency_eval_ms"], row["latency_eval_unmerged_ms"]),
+            "eval_batch": f"{batch:.0f}" if _isnum(batch) else "\u2013",
+            "adapter_size": _size(row["adapter_bytes"]), "devices": row["devices"] or "\u2013"}
+
+
+def _ppt_note(params: list[Any]) -> str | None:
+    """Where PPT cannot tell methods apart: its penalty is exp(-log10(P / 1e7 + 1)), under 4 % below 1 M
+    parameters, so with every method there PPT is the metric (point to the efficiency plots)."""
+    counts = [p for p in params if _isnum(p)]
+    if not counts or max(counts) >= 1e6:
+        return None
+    return (f"Every method here trains at most {human_params(max(counts))} parameters (\u226a 10^7): PPT's "
+            f"parameter penalty is then under 4 % and PPT ranks the methods almost exactly as the metric does. "
+            "The Pareto plots of the metric against training memory and against inference latency separate "
+            "them by what they cost instead.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +574,8 @@ def _dense_published_rows(key: str, methods: list[str], columns: list[tuple[str,
         return {}, [f"Unknown published dense table {key!r}; no published numbers shown."]
     notes = [f"Rows marked \u201cpublished\u201d are the {DENSE_SOURCE}, transcribed from the README; they are "
              "reference points, not runs of this code. \u0394 = ours \u2212 published, in points. Published memory is "
-             "the papers' training GPU memory; ours is this run's peak."]
+             "the papers' training GPU memory; ours is the method's training memory on the device that ran it "
+             "(the efficiency table names it)."]
     missing = [m for m in methods if m not in pub.index]
     if missing:
         notes.append("No published row for: " + ", ".join(missing) + ".")
@@ -592,14 +643,15 @@ def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) 
             params_title = f"{row['params']:,.0f} trainable backbone parameters (neck and heads excluded)"
             if row["params_note"]:
                 params_title += f"; {row['params_note']}"
-        memory = row["peak_memory_mb"]
+        memory = row["train_memory_mb"]
         n_runs = int((ok["method"] == method).sum()) if len(ok) else 0
         rows.append({**row_base, "cells": out_cells,
                      "params": _cell(human_params(row["params"]), title=params_title,
                                      cls="note" if row["params_note"] else ""),
                      "ppts": [_cell(_fmt(row[f"ppt:{k}"]), best=_is_best(row[f"ppt:{k}"], best_ppt[k])) for k in keys],
                      "memory": _cell(f"{memory:,.0f} MB" if _isnum(memory) else "\u2013",
-                                     title=f"highest training peak over {n_runs} run(s)" if n_runs else None),
+                                     title=f"the method's training memory, highest over {n_runs} run(s)"
+                                     if n_runs else None),
                      "status": row["status"], "problems": problems})
     published_rows, published_notes = ({}, [])
     if cfg.get("published"):
@@ -612,7 +664,8 @@ def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) 
                                           for _, m in columns))
     return {**base, "kind": "dense", "metric": metric_text or base["metric"], "columns": labels, "rows": rows,
             "has_published": bool(published_rows), "published_notes": published_notes,
-            "plots": _plots_context(dense_plot_data(runs, name, cfg, methods, columns, table, DENSE_METRICS))}
+            "plots": _plots_context(dense_plot_data(runs, name, cfg, methods, columns, table, DENSE_METRICS,
+                                                    efficiency_table(runs, name, methods)))}
 
 
 def build_context(

@@ -8,6 +8,7 @@ tasks match.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ class Mark:
     ppt: float  # fraction, as the tables print it
     ppt_error: float
     n_seeds: int
+    train_memory_mb: float = math.nan  # the method's training memory (median over runs, vpeft.efficiency)
+    latency_ms: float = math.nan  # eval-mode forward at the evaluation batch, merged (median over runs)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class SuitePlotData:
     without_result: list[str]  # methods with no result on every task: no mark
     published: list[PublishedMark] = field(default_factory=list)
     published_source: str | None = None
+    devices: str = ""  # the device(s) that measured the efficiency figures
+    eval_batch: float = math.nan
 
 
 def _finite(x: Any) -> bool:
@@ -95,13 +100,31 @@ def _mark(method: str, family: str | None, value: float, params: float, seeds: l
                 len(seeds))
 
 
+def _with_costs(mark: Mark, efficiency: pd.DataFrame | None) -> Mark:
+    if efficiency is None or mark.method not in efficiency.index:
+        return mark
+    row = efficiency.loc[mark.method]
+    return dataclasses.replace(mark, train_memory_mb=float(row["train_memory_mb"]),
+                               latency_ms=float(row["latency_eval_ms"]))
+
+
+def _cost_context(data: SuitePlotData, efficiency: pd.DataFrame | None) -> None:
+    if efficiency is None or not len(efficiency):
+        return
+    data.devices = "; ".join(sorted({d for text in efficiency["devices"] for d in str(text).split("; ") if d}))
+    batches = [b for b in efficiency["eval_batch"] if _finite(b)]
+    data.eval_batch = statistics.median(batches) if batches else math.nan
+
+
 def _family(families: Mapping[str, Mapping[str, Any]], method: str) -> str | None:
     return (families.get(method) or {}).get("family")
 
 
 def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], methods: list[str],
-                    tasks: list[str], table: pd.DataFrame, metric_label: str) -> SuitePlotData:
-    """An image / video suite: the table's task mean against its trainable parameters."""
+                    tasks: list[str], table: pd.DataFrame, metric_label: str,
+                    efficiency: pd.DataFrame | None = None) -> SuitePlotData:
+    """An image / video suite: the table's task mean against its trainable parameters (and, with the
+    suite's `efficiency_table`, against training memory and latency)."""
     families = cfg.get("families") or {}
     marks, without = [], []
     for method in methods:
@@ -110,9 +133,10 @@ def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], metho
             without.append(method)
             continue
         seeds = seed_means(runs, name, method, tasks)
-        marks.append(_mark(method, _family(families, method), value, params, seeds))
+        marks.append(_with_costs(_mark(method, _family(families, method), value, params, seeds), efficiency))
     data = SuitePlotData(name, str(cfg.get("title") or name), f"mean {metric_label}",
                          "trainable parameters (classification head excluded)", marks, without)
+    _cost_context(data, efficiency)
     key = str(cfg.get("published") or "")
     pub = load_published(key) if key else None
     if pub is None:
@@ -133,8 +157,8 @@ def image_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], metho
 
 
 def dense_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], methods: list[str],
-                    columns: list[tuple[str, str]], table: pd.DataFrame, metric_titles: Mapping[str, str]
-                    ) -> SuitePlotData:
+                    columns: list[tuple[str, str]], table: pd.DataFrame, metric_titles: Mapping[str, str],
+                    efficiency: pd.DataFrame | None = None) -> SuitePlotData:
     """A dense suite: its first metric (box AP, VOC AP@0.5 or mIoU), mean over tasks, against parameters."""
     families = cfg.get("families") or {}
     metric = columns[0][1] if columns else None
@@ -149,8 +173,9 @@ def dense_plot_data(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], metho
         if not tasks or not all(_finite(v) for v in values) or not _finite(params):
             data.without_result.append(method)
             continue
-        data.marks.append(_mark(method, _family(families, method), statistics.fmean(values), params,
-                                seed_means(runs, name, method, tasks, metric)))
+        data.marks.append(_with_costs(_mark(method, _family(families, method), statistics.fmean(values), params,
+                                            seed_means(runs, name, method, tasks, metric)), efficiency))
+    _cost_context(data, efficiency)
     key = str(cfg.get("published") or "")
     pub = load_published_dense(key) if key else None
     if pub is None or metric not in pub.columns:

@@ -26,7 +26,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from vpeft.report.families import FAMILY_TITLES, family_colour, family_title
 from vpeft.report.plot_data import Mark, SuitePlotData
 
-__all__ = ["Plot", "pareto_front", "ppt_plot", "suite_plots", "tradeoff_plot"]
+__all__ = ["Plot", "cost_plot", "pareto_front", "ppt_plot", "suite_plots", "tradeoff_plot"]
 
 _RC = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
        "font.family": "sans-serif"}
@@ -43,10 +43,25 @@ class Plot:
     n_marks: int
 
 
-def pareto_front(marks: list[Mark]) -> list[Mark]:
-    """The marks no other mark beats on both axes (higher metric with no more parameters), by parameters."""
+@dataclass(frozen=True)
+class _Axis:
+    """The x quantity of a trade-off plot: a Mark attribute, its label and tick format."""
+
+    name: str  # id suffix and kind of the plot
+    attr: str
+    label: str
+    ticks: object  # value -> tick text
+    unit: str  # appended to values in the description
+
+    def of(self, mark) -> float:
+        return getattr(mark, self.attr)
+
+
+def pareto_front(marks: list[Mark], attr: str = "params") -> list[Mark]:
+    """The marks no other mark beats on both axes (higher metric with no more of `attr`: parameters,
+    training memory, latency), in order of `attr`."""
     front: list[Mark] = []
-    for mark in sorted(marks, key=lambda m: (m.params, -m.value)):
+    for mark in sorted(marks, key=lambda m: (getattr(m, attr), -m.value)):
         if not front or mark.value > front[-1].value:
             front.append(mark)
     return front
@@ -112,83 +127,117 @@ def _value_text(mark: Mark) -> str:
     return text
 
 
+def _mib_text(v: float) -> str:
+    return f"{v / 1024:g} GiB" if v >= 1024 else f"{v:g} MiB"
+
+
 def tradeoff_plot(data: SuitePlotData) -> Plot | None:
     """Metric against trainable parameters; None when no method has a result yet."""
     if not data.marks:
         return None
     plot_id = f"plot-{data.suite}-tradeoff"
     with matplotlib.rc_context({**_RC, "svg.hashsalt": plot_id}):
-        return _tradeoff(data, plot_id)
+        return _tradeoff(data, plot_id, _Axis("tradeoff", "params", data.params_label, _params_text, " parameters"),
+                         data.marks)
 
 
-def _tradeoff(data: SuitePlotData, plot_id: str) -> Plot:
+def cost_plot(data: SuitePlotData, which: str) -> Plot | None:
+    """Metric against the method's training memory (`which` "memory") or inference latency at the
+    evaluation batch ("latency"), with its Pareto front; None when no method has both figures."""
+    batch = f"batch {data.eval_batch:.0f}" if _finite_number(data.eval_batch) else "the evaluation batch"
+    axis = {"memory": _Axis("memory", "train_memory_mb", "training memory of the method (MiB)", _mib_text, " MiB"),
+            "latency": _Axis("latency", "latency_ms", f"inference latency, {batch}, merged (ms)",
+                             lambda v: f"{v:g}", " ms")}[which]
+    marks = [m for m in data.marks if _finite_number(axis.of(m)) and axis.of(m) > 0]
+    if not marks:
+        return None
+    plot_id = f"plot-{data.suite}-{which}"
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": plot_id}):
+        return _tradeoff(data, plot_id, axis, marks)
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _tradeoff(data: SuitePlotData, plot_id: str, axis: _Axis, marks: list[Mark]) -> Plot:
     fig = Figure(figsize=(6.8, 3.6))
     fig.subplots_adjust(left=0.09, right=0.70, bottom=0.14, top=0.96)
     ax = fig.add_subplot()
-    xs = [m.params for m in data.marks] + [p.params for p in data.published]
+    params = axis.attr == "params"
+    published = data.published if params else []  # the published tables give no memory or latency
+    xs = [axis.of(m) for m in marks] + [p.params for p in published]
     linthresh = _linthresh(xs)
     ax.set_xscale("symlog", linthresh=linthresh, linscale=0.4)
     right = max(xs + [linthresh]) * 3
     decades = range(round(math.log10(linthresh)), math.floor(math.log10(right)) + 1)
-    ax.xaxis.set_major_locator(FixedLocator([0.0] + [10.0 ** k for k in decades]))
+    ax.xaxis.set_major_locator(FixedLocator(([0.0] if params else []) + [10.0 ** k for k in decades]))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _params_text(v)))
-    ax.set_xlim(-0.5 * linthresh, right)
-    front = pareto_front(data.marks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: axis.ticks(v)))
+    ax.set_xlim(-0.5 * linthresh if params else min(xs) / 2, right)
+    front = pareto_front(marks, axis.attr)
     # the staircase runs on to the right edge: everything below it and to its right is beaten
-    line = ax.plot([m.params for m in front] + [right], [m.value for m in front] + [front[-1].value],
+    line = ax.plot([axis.of(m) for m in front] + [right], [m.value for m in front] + [front[-1].value],
                    drawstyle="steps-post", color="#888888", linestyle="--", linewidth=1, zorder=1)[0]
     line.set_gid(f"{plot_id}-pareto")
     # neighbours along the axis get their labels above and below in turn, so close marks stay readable
     label_dy = {m.method: (3 if i % 2 == 0 else -9)
-                for i, m in enumerate(sorted(data.marks, key=lambda m: (m.params, m.value)))}
-    for mark in data.marks:
+                for i, m in enumerate(sorted(marks, key=lambda m: (axis.of(m), m.value)))}
+    for mark in marks:
         colour = family_colour(mark.family)
+        x = axis.of(mark)
         if not math.isnan(mark.error):
-            bars = ax.errorbar([mark.params], [mark.value], yerr=[mark.error], fmt="none", ecolor=colour,
+            bars = ax.errorbar([x], [mark.value], yerr=[mark.error], fmt="none", ecolor=colour,
                                elinewidth=1, capsize=3, zorder=2)
             for artist in bars.lines[2]:
                 artist.set_gid(f"{plot_id}-error-{mark.method}")
-        dot = ax.scatter([mark.params], [mark.value], s=36, color=colour, edgecolors="white", linewidths=0.6,
+        dot = ax.scatter([x], [mark.value], s=36, color=colour, edgecolors="white", linewidths=0.6,
                          zorder=3)
         dot.set_gid(f"{plot_id}-mark-{mark.method}")
-        ax.annotate(mark.method, (mark.params, mark.value), xytext=(4, label_dy[mark.method]),
+        ax.annotate(mark.method, (x, mark.value), xytext=(4, label_dy[mark.method]),
                     textcoords="offset points",
                     fontsize=7, color="#333333")
-    for pub in data.published:
+    for pub in published:
         dot = ax.scatter([pub.params], [pub.value], s=34, marker="D", facecolors="none",
                          edgecolors=family_colour(pub.family), linewidths=1.1, zorder=3)
         dot.set_gid(f"{plot_id}-published-{pub.method}")
-    ax.set_xlabel(f"{data.params_label}, log scale")
+    ax.set_xlabel(f"{axis.label}, log scale")
     ax.set_ylabel(data.metric)
     ax.grid(True, color="#e5e5e5", linewidth=0.6)
     ax.set_axisbelow(True)
     extra = [Line2D([], [], color="#888888", linestyle="--", linewidth=1, label="Pareto front")]
-    if data.published:
+    if published:
         extra.append(Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
                             markeredgecolor="#555555", label="published"))
-    _families_legend(ax, data.marks, extra)
+    _families_legend(ax, marks, extra)
 
-    title = f"{data.title}: {data.metric} against {data.params_label}"
-    desc = "; ".join(f"{m.method} ({family_title(m.family)}): {_value_text(m)} at {m.params:,.0f} parameters"
-                     for m in data.marks)
-    if data.published:
-        desc += ". Published: " + "; ".join(f"{p.label}: {p.value:.1f} at {p.params:,.0f}"
-                                            for p in data.published)
-    caption = (f"{data.metric[0].upper()}{data.metric[1:]} against {data.params_label} (log axis; 0 at the "
-               "left edge). One mark per method, coloured by family; up and to the left is better. "
+    title = f"{data.title}: {data.metric} against {axis.label}"
+    amount = (lambda m: f"{axis.of(m):,.0f}") if params else (lambda m: f"{axis.of(m):,.3g}")
+    desc = "; ".join(f"{m.method} ({family_title(m.family)}): {_value_text(m)} at {amount(m)}{axis.unit}"
+                     for m in marks)
+    if published:
+        desc += ". Published: " + "; ".join(f"{p.label}: {p.value:.1f} at {p.params:,.0f}" for p in published)
+    fewer = "fewer or as many parameters" if params else f"no more {axis.label.split(' (')[0]}"
+    caption = (f"{data.metric[0].upper()}{data.metric[1:]} against {axis.label} (log axis"
+               + ("; 0 at the left edge). " if params else "). ")
+               + "One mark per method, coloured by family; up and to the left is better. "
                "The dashed staircase is the Pareto front: "
-               "methods that no other method beats with fewer or as many parameters. "
+               f"methods that no other method beats with {fewer}. "
                f"On the front here: {', '.join(m.method for m in front)}.")
-    if any(not math.isnan(m.error) for m in data.marks):
+    if not params:
+        caption += (f" Measured on {data.devices or 'an unrecorded device'} (median over each method's runs; "
+                    "figures from other devices are not comparable).")
+    if any(not math.isnan(m.error) for m in marks):
         caption += " Error bars: sample standard deviation over seeds."
-    if data.published:
+    if published:
         caption += (f" Hollow diamonds: published numbers of the same methods ({data.published_source}); "
                     "they are reference points, not runs of this code.")
-    if data.without_result:
-        caption += f" No mark (no result on every task): {', '.join(data.without_result)}."
+    without = data.without_result + [m.method for m in data.marks if m not in marks]
+    if without:
+        caption += f" No mark (no result on every task{'' if params else ', or no figure recorded'}): " \
+                   f"{', '.join(without)}."
     svg = _svg(fig, plot_id, title, desc + ".")
-    return Plot(plot_id, "tradeoff", title, desc, caption, svg, len(data.marks))
+    return Plot(plot_id, "tradeoff" if params else axis.name, title, desc, caption, svg, len(marks))
 
 
 def ppt_plot(data: SuitePlotData) -> Plot | None:
@@ -236,4 +285,6 @@ def _ppt(data: SuitePlotData, plot_id: str) -> Plot:
 
 
 def suite_plots(data: SuitePlotData) -> list[Plot]:
-    return [p for p in (tradeoff_plot(data), ppt_plot(data)) if p is not None]
+    """The parameter trade-off, its cost counterparts (training memory, latency) beside it, then PPT."""
+    plots = (tradeoff_plot(data), cost_plot(data, "memory"), cost_plot(data, "latency"), ppt_plot(data))
+    return [p for p in plots if p is not None]

@@ -31,8 +31,10 @@ from vpeft.runs import FAILURE_RECORD, RUN_SCHEMA
 __all__ = [
     "RUN_COLUMNS",
     "RUN_SCHEMA",
+    "EFFICIENCY_COLUMNS",
     "cell_table",
     "dense_table",
+    "efficiency_table",
     "format_status",
     "load_runs",
     "suite_table",
@@ -43,16 +45,30 @@ __all__ = [
 #: Columns of the frame returned by :func:`load_runs`, in order.
 RUN_COLUMNS: tuple[str, ...] = (
     "suite", "task", "method", "seed", "status", "metric", "metric_name", "metrics",
-    "params", "params_with_head", "images_per_second", "peak_memory_mb", "wall_seconds",
+    "params", "params_with_head", "images_per_second", "process_peak_memory_mb", "wall_seconds",
     "train_seconds", "eval_seconds", "epochs", "protocol", "protocol_splits", "backbone", "backbone_arch",
     "error", "path",
+    "train_memory_mb", "train_memory_kind", "train_samples_per_second", "latency_b1_ms", "latency_b1_unmerged_ms",
+    "latency_eval_ms", "latency_eval_unmerged_ms", "eval_batch", "adapter_bytes", "efficiency_device",
     "vpeft_version", "git_commit", "git_dirty", "python", "packages", "hardware", "threads", "created",
 )  # fmt: skip
 
 _FLOAT_COLUMNS = (
-    "metric", "params", "params_with_head", "images_per_second", "peak_memory_mb",
+    "metric", "params", "params_with_head", "images_per_second", "process_peak_memory_mb",
     "wall_seconds", "train_seconds", "eval_seconds", "epochs", "threads",
+    "train_memory_mb", "train_samples_per_second", "latency_b1_ms", "latency_b1_unmerged_ms",
+    "latency_eval_ms", "latency_eval_unmerged_ms", "eval_batch", "adapter_bytes",
 )  # fmt: skip
+
+#: The per-run efficiency record (metrics.json `efficiency`, vpeft.efficiency) as run-frame columns.
+EFFICIENCY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "train_memory_mb": ("train_memory_mb",), "train_memory_kind": ("train_memory_kind",),
+    "train_samples_per_second": ("train_samples_per_second",),
+    "latency_b1_ms": ("latency_ms", "merged", "batch_1"), "latency_b1_unmerged_ms": ("latency_ms", "unmerged", "batch_1"),
+    "latency_eval_ms": ("latency_ms", "merged", "batch_eval"),
+    "latency_eval_unmerged_ms": ("latency_ms", "unmerged", "batch_eval"),
+    "eval_batch": ("eval_batch",), "adapter_bytes": ("trained_tensors_bytes",), "efficiency_device": ("device",),
+}
 
 #: Column names that :func:`suite_table` uses itself; a task may not be called like one of them.
 _RESERVED = {"mean", "mean_of_groups", "params", "params_note", "ppt", "n_seeds", "status"}
@@ -149,7 +165,13 @@ def _read_run(path: Path) -> dict[str, Any]:
     row["params"] = _number(_get(data, "params", "trainable"))
     row["params_with_head"] = _number(_get(data, "params", "trainable_with_head"))
     row["images_per_second"] = _number(_get(data, "train", "images_per_second"))
-    row["peak_memory_mb"] = _number(_get(data, "train", "peak_memory_mb"))
+    # the process's peak (torch's own footprint included; files before the rename call it peak_memory_mb)
+    row["process_peak_memory_mb"] = _number(_get(data, "train", "process_peak_memory_mb")
+                                            if _get(data, "train", "process_peak_memory_mb") is not None
+                                            else _get(data, "train", "peak_memory_mb"))
+    for column, keys in EFFICIENCY_COLUMNS.items():
+        value = _get(data, "efficiency", *keys)
+        row[column] = value if isinstance(value, str) else _number(value)
     row["train_seconds"] = _number(_get(data, "train", "wall_seconds"))
     row["eval_seconds"] = _number(_get(data, "eval", "wall_seconds"))
     timed = [s for s in (row["train_seconds"], row["eval_seconds"]) if not math.isnan(s)]
@@ -183,12 +205,14 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     Columns (see :data:`RUN_COLUMNS`): ``suite, task, method, seed, status`` (``ok`` / ``failed`` /
     ``missing``), ``metric`` (fraction, NaN unless ok), ``metric_name``, ``metrics`` (JSON text of all the run's
     metrics as fractions, for tracks with several, else None), ``params`` (trainable,
-    head excluded), ``params_with_head``, ``images_per_second``, ``peak_memory_mb``,
+    head excluded), ``params_with_head``, ``images_per_second`` (the run's own training loop),
+    ``process_peak_memory_mb`` (the process's peak, not the method's),
     ``wall_seconds`` (train + eval), ``train_seconds``, ``eval_seconds``, ``epochs``, ``protocol``
     (protocol name), ``protocol_splits`` (e.g. "trained on train800val200, final model evaluated on test"),
     ``backbone`` (config name), ``backbone_arch``, ``error``, ``path`` and the
     provenance fields ``vpeft_version, git_commit, git_dirty, python, packages`` (JSON text),
-    ``hardware`` (JSON text), ``threads, created``.
+    ``hardware`` (JSON text), ``threads, created``, and the efficiency record's columns
+    (:data:`EFFICIENCY_COLUMNS`; NaN / None for files without one).
 
     A path that does not exist becomes a ``missing`` row whose identity is parsed from the layout
     ``results/<suite>/<method>/<task>/seed-<seed>/metrics.json``. An unreadable file, a wrong
@@ -389,7 +413,8 @@ def dense_table(runs: pd.DataFrame, suite: str, methods: list[str], columns: lis
     Columns, in order, for each ``(task, metric)`` of ``columns`` (key ``"<task>:<metric>"``): the mean
     over ok seeds and ``..._std`` (sample std, NaN below 2 seeds); then ``params`` (trainable, heads
     excluded; the mean over tasks with a note when runs disagree, as :func:`suite_table`), ``params_note``,
-    ``ppt:<task>:<metric>`` per column, ``peak_memory_mb`` (highest training peak over the ok runs),
+    ``ppt:<task>:<metric>`` per column, ``train_memory_mb`` (the method's training memory, highest over
+    the ok runs: `efficiency.train_memory_mb`),
     ``n_seeds`` and ``status`` (missing and failed runs counted per (task, seed), as in :func:`suite_table`).
     """
     tasks = list(dict.fromkeys(task for task, _ in columns))
@@ -414,17 +439,45 @@ def dense_table(runs: pd.DataFrame, suite: str, methods: list[str], columns: lis
         for task, metric in columns:
             value = row[f"{task}:{metric}"]
             row[f"ppt:{task}:{metric}"] = ppt(value / 100.0, row["params"])
-        memory = [m for m in mine["peak_memory_mb"].tolist() if not math.isnan(m)]
-        row["peak_memory_mb"] = max(memory) if memory else math.nan
+        memory = [m for m in mine["train_memory_mb"].tolist() if not math.isnan(m)]
+        row["train_memory_mb"] = max(memory) if memory else math.nan
         row["n_seeds"] = len({s for seeds in own["seeds_ok"] for s in seeds})
         row["status"] = format_status(int(own["n_missing"].sum()), int(own["n_failed"].sum()))
         rows.append(row)
     keys = [f"{t}:{m}" for t, m in columns]
     order = [*keys, *(f"{k}_std" for k in keys), "params", "params_note", *(f"ppt:{k}" for k in keys),
-             "peak_memory_mb", "n_seeds", "status"]
+             "train_memory_mb", "n_seeds", "status"]
     table = pd.DataFrame(rows, columns=order, index=pd.Index(methods, name="method"))
     table["n_seeds"] = table["n_seeds"].astype("int64")
     return table
+
+
+def efficiency_table(runs: pd.DataFrame, suite: str, methods: list[str]) -> pd.DataFrame:
+    """Per method, the median over the suite's ok runs of each efficiency figure (:data:`EFFICIENCY_COLUMNS`:
+    training memory in MiB, training samples/s, latencies in ms, trained-tensor bytes), ``runs`` (ok runs
+    with a record), ``devices`` (the distinct devices that measured them, "; "-joined) and
+    ``train_memory_kind`` (how memory was measured, likewise)."""
+    numeric = [c for c, _ in EFFICIENCY_COLUMNS.items() if c not in ("train_memory_kind", "efficiency_device")]
+    selected = runs[(runs["suite"] == suite) & (runs["status"] == "ok")] if len(runs) else runs
+    rows = []
+    for method in methods:
+        mine = selected[selected["method"] == method] if len(selected) else selected
+        row: dict[str, Any] = {}
+        for column in numeric:
+            values = [v for v in mine[column].tolist() if _isfinite(v)] if len(mine) else []
+            row[column] = float(pd.Series(values).median()) if values else math.nan
+        recorded = mine[mine["efficiency_device"].notna()] if len(mine) else mine
+        row["runs"] = len(recorded)
+        row["devices"] = "; ".join(sorted({str(d) for d in recorded["efficiency_device"]})) if len(recorded) else ""
+        row["train_memory_kind"] = "; ".join(sorted({str(k) for k in recorded["train_memory_kind"]
+                                                     if isinstance(k, str)})) if len(recorded) else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*numeric, "runs", "devices", "train_memory_kind"],
+                        index=pd.Index(methods, name="method"))
+
+
+def _isfinite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def write_suite_csv(table: pd.DataFrame, path: str | Path) -> None:
