@@ -56,6 +56,13 @@ def test_embedded_dense_suites_end_to_end_and_a_bad_json_stops_only_its_task(tmp
     assert coco["params"]["trainable"] == 4 * 8 * 2 * (32 + 64 + 128 + 256)  # LoRA r=8 on q, v of 8 blocks
     assert coco["params"]["trainable_with_head"] > coco["params"]["trainable"]
     assert coco["train"]["process_peak_memory_mb"] > 0 and 0 < coco["train"]["images"] <= 2 * 12  # 2 epochs of 12 images
+    eff = coco["efficiency"]  # mmengine's iteration times; on CPU the tensor bytes of one iteration
+    assert eff["source"] == "mmengine" and eff["device"].startswith("cpu: ")
+    assert eff["train_memory_kind"] == "cpu_tensor_bytes" and eff["train_memory_mb"] > 0
+    assert eff["train_memory_parts_mb"]["saved_activations"] > 0 and eff["train_samples_per_second"] > 0
+    assert eff["latency_ms"]["merged"]["batch_eval"] > 0
+    assert eff["trained_tensors_bytes"] == (tmp_path / "results/coco-mini/lora/shapes/seed-42/trained.safetensors"
+                                            ).stat().st_size
     assert coco["provenance"]["packages"]["mmdet"] == "3.3.0"
     # the job asks for no GPU: one process without a launcher, the suite's batch and lr unscaled
     dist = coco["train"]["distributed"]

@@ -5,8 +5,9 @@ optimizer and random streams are left exactly as they were) and returns
 
 * ``train_memory_mb``: peak training memory of the method itself. On a GPU: the allocator's peak
   during a step (`torch.cuda.max_memory_allocated` after a reset) above what was allocated before the
-  measurement started, plus the bytes of the model's own tensors; so the frozen weights count, and
-  other things the run holds (data on the device, the run's optimizer) do not. On a CPU, where no
+  measurement started; the measured copy of the model (frozen weights included), its optimizer state,
+  gradients and activations are all allocated after that point, while other things the run holds
+  (data on the device, the run's own optimizer) are not counted. On a CPU, where no
   allocator reports a peak: the bytes of the parameters and buffers, the gradients, the optimizer
   state and the tensors autograd saves for the backward pass during one step (measured through
   `torch.autograd.graph.saved_tensors_hooks`, storage shared by several tensors counted once,
@@ -142,7 +143,9 @@ def measure_training(model: torch.nn.Module, make_optimizer: Callable, inputs: t
                 cpu_seconds.append(time.process_time() - cpu_start)
             if measure_memory:
                 if device.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(device) - before + tensor_bytes(own)
+                    # the copy's weights, its optimizer state, gradients and activations were all
+                    # allocated after `before`: the peak above it is the method's own
+                    peak = torch.cuda.max_memory_allocated(device) - before
                     kind = "cuda_max_allocated"
                 else:
                     parts.update(parameters=tensor_bytes(own), saved_activations=record.bytes,
