@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .backbones import backbone_comparison
 from .findings import add_findings
 from .html import build_context, render_report
 from .speed import load_speed_benchmark
@@ -17,6 +18,7 @@ def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench
     ``tuned_paths``: hyper-parameter searches (tuned.json), shown as the sensitivity section."""
     runs = load_runs(run_paths)
     context = build_context(runs, add_findings(runs, suites))
+    context["backbones"] = backbone_comparison(runs, suites)  # suites of the same data on several backbones
     context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
     context["tuning"] = tuning_context(tuned_paths, suites) if tuned_paths else None
     render_report(context, out_path)
