@@ -62,3 +62,26 @@ def test_unknown_method_and_bad_hparam_are_clear():
         main(["count", "lora", "--backbone", "vit_demo_patch4_32", "--set", "rank=x"])
     with pytest.raises(SystemExit, match="unknown backbone architecture 'vit_nope'"):
         main(["count", "lora", "--backbone", "vit_nope"])
+
+
+# issue #22: every modern backbone, by its backbones: entry (its input size) and by timm arch.tag
+MODERN_COUNTS = [("dinov2-vitb14", 768, 12), ("dinov2-vitb14-reg4", 768, 12), ("clip-vitb16-openai", 768, 12),
+                 ("clip-vitb16-laion2b", 768, 12), ("mae-vitb16", 768, 12),
+                 pytest.param("vit-l16-in21k", 1024, 24, marks=pytest.mark.slow),
+                 pytest.param("vit-h14-in21k", 1280, 32, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("backbone, width, depth", MODERN_COUNTS)
+def test_count_works_for_every_modern_backbone(capsys, backbone, width, depth):
+    import yaml
+
+    from helpers.snake import ROOT
+
+    config = str(ROOT / "config/config.yaml")
+    arch = yaml.safe_load(open(config))["backbones"][backbone]["arch"]
+    for name in (backbone, arch):
+        assert main(["count", "lora", "--backbone", name, "--num-classes", "10", "--config", config,
+                     "--set", "rank=8"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["arch"] == arch and out["trainable_params"] == depth * 4 * width * 8
+        assert out["head_params"] == (width + 1) * 10
