@@ -380,3 +380,18 @@ def test_a_run_trains_end_to_end_from_a_release_file(vtab_task, tmp_path, name, 
     assert m["status"] == "ok" and 0.0 <= m["metric"]["value"] <= 1.0 and m["eval"]["num_images"] == 10
     assert m["config"]["backbone"]["arch"] == ENTRIES[name]["arch"]
     assert m["train"]["history"][0]["loss"] > 0 and m["params"]["trainable"] > 0
+
+
+def test_ssf_runs_on_clip_without_the_bias_free_patch_embedding():
+    """The way out the refusal names: SSF's targets without CLIP's bias-free `patch_embed.proj`."""
+    from vpeft.methods.ssf import SsfConfig
+
+    targets = SsfConfig().target_modules.replace(r"^patch_embed\.(proj|norm)$", r"^patch_embed\.norm$")
+    model, size = tiny_model("clip-vitb16-openai")
+    applied = apply_method(model, build_method("ssf", {"target_modules": targets}))
+    assert "patch_embed.proj" not in applied.matched and "norm_pre" not in applied.matched
+    x = torch.randn(2, 3, size, size)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        torch.testing.assert_close(applied.merge_and_unload()(x), before, rtol=0, atol=1e-4)
