@@ -257,24 +257,37 @@ def tiny_model(name: str, **kwargs) -> tuple[torch.nn.Module, int]:
     return timm.create_model(ENTRIES[name]["arch"].split(".")[0], pretrained=False, **options), 4 * patch
 
 
-def tiny_cases():
-    from test_methods import CASES
+#: hyper-parameters that fit the tiny models (width 48, depth 2); every other method at its defaults
+TINY_HPARAMS = {
+    "partial": {"k": 1}, "lora": {"rank": 4}, "adapter": {"bottleneck": 4}, "vpt-shallow": {"num_tokens": 3},
+    "vpt-deep": {"num_tokens": 3}, "gps": {"top_k": 2}, "snf": {"flow_length": 2}, "adaptformer": {"bottleneck": 4},
+    "prefix-tuning": {"num_tokens": 3}, "sct": {"top_n": 6}, "hydra": {"rank": 2}, "fact-tk": {"rank": 4},
+    "fact-tt": {"rank": 4}, "repadapter": {"hidden_dim": 8}, "dtl": {"start_block": 1},
+    "dtl-plus": {"start_block": 1}, "lst": {"reduction_factor": 4},
+    "hst": {"stage_dims": (8, 16), "num_heads": (2, 2)}, "last": {"rank": 4},
+    "u-tuning": {"num_tokens": 3, "ffn_tokens": 2},
+    "noah": {"prompt_dims": (2, 1), "lora_ranks": (0, 2), "adapter_dims": (3, 0)},
+    "bapat": {"adapter_bottleneck": 4, "patt_dim": 4}, "mona": {"bottleneck": 8},
+    "lorand": {"bottleneck": 8, "kernel_rank": 2}, "e3va": {"bottleneck": 8, "kernel_rank": 2},
+}
 
-    return CASES
+
+def apply_tiny(method: str, model: torch.nn.Module, images):
+    """Build `method` for the tiny models, run its selection stage on `images` if it has one, apply it."""
+    built = build_method(method, TINY_HPARAMS.get(method, {}))
+    selection = built.compute_selection(model, [images], 3) if built.needs_selection else None
+    return apply_method(model, built, selection)
 
 
 @pytest.mark.parametrize("name", SWEEP)
 def test_every_method_trains_on_the_tiny_architecture_or_refuses_by_name(name):
-    from test_methods import apply_case
-
-    cases = tiny_cases()
     refused = set()
-    for method in sorted(cases):
+    for method in available_methods():
         model, size = tiny_model(name)
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(4, 3, size, size, generator=g), torch.arange(4) % 3
         try:
-            applied = apply_case(method, model, cases[method].small, num_classes=3, images=(x, y))
+            applied = apply_tiny(method, model, (x, y))
         except MethodError as err:
             assert str(err).startswith(method) and REFUSALS[(name, method)] in str(err)
             refused.add((name, method))
@@ -335,11 +348,9 @@ def test_dtl_pools_the_patch_tokens_without_cls_and_registers():
 def test_methods_that_touch_the_head_input_follow_the_pooling(method):
     """With average pooling (MAE-style `global_pool: avg`, final norm after pooling) side networks and
     SSF feed the pooled feature: the head input is fc_norm(mean of the patch tokens they deliver)."""
-    from test_methods import apply_case
-
     model, size = tiny_model("mae-vitb16", global_pool="avg")
-    apply_case(method, model, tiny_cases()[method].small, num_classes=3)
     x = torch.randn(2, 3, size, size)
+    apply_tiny(method, model, (x, torch.tensor([0, 1])))
     got = []
     model.fc_norm.register_forward_pre_hook(lambda m, args: got.append(args[0].detach()))
     with torch.no_grad():

@@ -80,3 +80,11 @@ def test_cli_prints_the_plan_and_names_a_missing_size(tmp_path):
                              str(tmp_path / "c.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert broken.returncode != 0
     assert "no size for split 'train800val200' of hmdb51/hmdb51" in broken.stderr
+
+
+def test_forward_flops_of_an_architecture_run_below_its_default_size():
+    """DINOv2 is 518 px in timm and runs at 224 here (backbones.dinov2-vitb14.input_size): 256 patches of
+    14 px + CLS, about 4/3 of ViT-B/16's 197 tokens."""
+    ratio = forward_flops("vit_base_patch14_dinov2.lvd142m", (1, 3, 224, 224)) / \
+        forward_flops("vit_base_patch16_224.orig_in21k", (1, 3, 224, 224))
+    assert 1.25 < ratio < 1.40
