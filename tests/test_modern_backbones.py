@@ -406,3 +406,30 @@ def test_ssf_runs_on_clip_without_the_bias_free_patch_embedding():
     with torch.no_grad():
         before = model(x)
         torch.testing.assert_close(applied.merge_and_unload()(x), before, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_suite_on_dinov2_plans_on_the_cluster(tmp_path):
+    """The issue's example: `suites: {vtab: {backbone: dinov2-vitb14, methods: [...]}}` planned by
+    `snakemake -n --profile slurm`: the DINOv2 file is downloaded and checked once, every task trained
+    per method, the suite tabled and reported."""
+    import subprocess
+
+    from helpers.snake import ROOT as REPO, SNAKEMAKE, job_blocks
+
+    methods = ["lora", "ssf", "adapter"]
+    user = tmp_path / "dinov2.yaml"
+    user.write_text(yaml.safe_dump({"default_suites": ["vtab"],
+                                    "suites": {"vtab": {"backbone": "dinov2-vitb14", "methods": methods}}}))
+    result = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "--workflow-profile", "none", "-n", "--configfile",
+                             "config/config.yaml", "config/benchmark.yaml", str(user)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    jobs = job_blocks(result.stdout)
+    downloads = [j["wildcards"]["filename"] for j in jobs if j["rule"] == "download_backbone"]
+    assert downloads == ["dinov2_vitb14_pretrain.pth"]
+    assert [j["wildcards"]["backbone"] for j in jobs if j["rule"] == "check_backbone"] == ["dinov2-vitb14"]
+    runs = [(j["wildcards"]["suite"], j["wildcards"]["method"]) for j in jobs if j["rule"] == "train_run"]
+    tasks = len(yaml.safe_load((REPO / "config/config.yaml").read_text())["suites"]["vtab"]["tasks"])
+    assert sorted(set(runs)) == sorted(("vtab", m) for m in methods) and len(runs) == len(methods) * tasks
+    assert {j["rule"] for j in jobs} >= {"suite_table", "report"}
