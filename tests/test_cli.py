@@ -85,3 +85,12 @@ def test_count_works_for_every_modern_backbone(capsys, backbone, width, depth):
         out = json.loads(capsys.readouterr().out)
         assert out["arch"] == arch and out["trainable_params"] == depth * 4 * width * 8
         assert out["head_params"] == (width + 1) * 10
+
+
+def test_count_runs_a_selection_stage_at_the_entrys_input_size(capsys):
+    """SCT's selection looks at images: at DINOv2's 224 px (its entry), not timm's 518 px default."""
+    from helpers.snake import ROOT
+
+    assert main(["count", "sct", "--backbone", "dinov2-vitb14", "--num-classes", "10",
+                 "--config", str(ROOT / "config/config.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 12 * (96 * 96 + 96)

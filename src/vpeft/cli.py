@@ -97,6 +97,8 @@ def cmd_count(args) -> int:
         import torch
 
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        if kwargs.get("img_size"):  # built for the backbones: entry's input size, not timm's default
+            size = (3, kwargs["img_size"], kwargs["img_size"])
         images = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         selection = method.compute_selection(model, [(images, torch.arange(2) % args.num_classes)],
                                              args.num_classes)
