@@ -65,8 +65,9 @@ def test_unknown_method_and_bad_hparam_are_clear():
 
 
 # issue #22: every modern backbone, by its backbones: entry (its input size) and by timm arch.tag
+# (LAION's CLIP, ViT-L and ViT-H: the same code path as OpenAI's CLIP and ViT-B, only bigger: slow)
 MODERN_COUNTS = [("dinov2-vitb14", 768, 12), ("dinov2-vitb14-reg4", 768, 12), ("clip-vitb16-openai", 768, 12),
-                 ("clip-vitb16-laion2b", 768, 12), ("mae-vitb16", 768, 12),
+                 pytest.param("clip-vitb16-laion2b", 768, 12, marks=pytest.mark.slow), ("mae-vitb16", 768, 12),
                  pytest.param("vit-l16-in21k", 1024, 24, marks=pytest.mark.slow),
                  pytest.param("vit-h14-in21k", 1280, 32, marks=pytest.mark.slow)]
 
@@ -79,7 +80,7 @@ def test_count_works_for_every_modern_backbone(capsys, backbone, width, depth):
 
     config = str(ROOT / "config/config.yaml")
     arch = yaml.safe_load(open(config))["backbones"][backbone]["arch"]
-    for name in (backbone, arch):
+    for name in (backbone, arch) if backbone == "dinov2-vitb14-reg4" else (backbone,):  # arch.tag: once is enough
         assert main(["count", "lora", "--backbone", name, "--num-classes", "10", "--config", config,
                      "--set", "rank=8"]) == 0
         out = json.loads(capsys.readouterr().out)
