@@ -62,3 +62,36 @@ def test_unknown_method_and_bad_hparam_are_clear():
         main(["count", "lora", "--backbone", "vit_demo_patch4_32", "--set", "rank=x"])
     with pytest.raises(SystemExit, match="unknown backbone architecture 'vit_nope'"):
         main(["count", "lora", "--backbone", "vit_nope"])
+
+
+# issue #22: every modern backbone, by its backbones: entry (its input size) and by timm arch.tag
+# (LAION's CLIP, ViT-L and ViT-H: the same code path as OpenAI's CLIP and ViT-B, only bigger: slow)
+MODERN_COUNTS = [("dinov2-vitb14", 768, 12), ("dinov2-vitb14-reg4", 768, 12), ("clip-vitb16-openai", 768, 12),
+                 pytest.param("clip-vitb16-laion2b", 768, 12, marks=pytest.mark.slow), ("mae-vitb16", 768, 12),
+                 pytest.param("vit-l16-in21k", 1024, 24, marks=pytest.mark.slow),
+                 pytest.param("vit-h14-in21k", 1280, 32, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("backbone, width, depth", MODERN_COUNTS)
+def test_count_works_for_every_modern_backbone(capsys, backbone, width, depth):
+    import yaml
+
+    from helpers.snake import ROOT
+
+    config = str(ROOT / "config/config.yaml")
+    arch = yaml.safe_load(open(config))["backbones"][backbone]["arch"]
+    for name in (backbone, arch) if backbone == "dinov2-vitb14-reg4" else (backbone,):  # arch.tag: once is enough
+        assert main(["count", "lora", "--backbone", name, "--num-classes", "10", "--config", config,
+                     "--set", "rank=8"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["arch"] == arch and out["trainable_params"] == depth * 4 * width * 8
+        assert out["head_params"] == (width + 1) * 10
+
+
+def test_count_runs_a_selection_stage_at_the_entrys_input_size(capsys):
+    """SCT's selection looks at images: at DINOv2's 224 px (its entry), not timm's 518 px default."""
+    from helpers.snake import ROOT
+
+    assert main(["count", "sct", "--backbone", "dinov2-vitb14", "--num-classes", "10",
+                 "--config", str(ROOT / "config/config.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 12 * (96 * 96 + 96)

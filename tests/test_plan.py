@@ -106,3 +106,11 @@ def test_plan_counts_fewshot_jobs_and_the_shift_stage():
     assert rows["vtab-mini-shift", "full", "shift"].eval_samples == per_run * 5
     assert rows["vtab-mini-shift", "adapter", "shift"].eval_samples == per_run
     assert rows["vtab-mini-shift", "lora", "shift"].jobs == rows["vtab-mini-shift", "lora", "train"].jobs == 6
+
+
+def test_forward_flops_of_an_architecture_run_below_its_default_size():
+    """DINOv2 is 518 px in timm and runs at 224 here (backbones.dinov2-vitb14.input_size): 256 patches of
+    14 px + CLS, about 4/3 of ViT-B/16's 197 tokens."""
+    ratio = forward_flops("vit_base_patch14_dinov2.lvd142m", (1, 3, 224, 224)) / \
+        forward_flops("vit_base_patch16_224.orig_in21k", (1, 3, 224, 224))
+    assert 1.25 < ratio < 1.40

@@ -105,7 +105,12 @@ def test_report_in_a_real_browser(finished_report, tmp_path):
 
     by_id = {plot["id"]: plot for plot in plots}
     kinds = ("tradeoff", "memory", "latency", "ppt")  # every run records its costs: all four plots
-    assert set(by_id) == {f"plot-{suite}-{kind}" for suite in EXPECTED_MARKS for kind in kinds}
+    # the two suites share their data on two backbones: one table and plot across backbones (issue #22)
+    across = "plot-vtab-mini-backbones"
+    assert set(by_id) == {f"plot-{suite}-{kind}" for suite in EXPECTED_MARKS for kind in kinds} | {across}
+    assert sorted(m["id"] for m in by_id[across]["marks"]) == sorted(
+        f"{across}-mark-{m}-{s}" for s, methods in EXPECTED_MARKS.items() for m in methods)
+    assert all(m["shapes"] > 0 and m["inside"] and m["height"] > 0 for m in by_id[across]["marks"])
     for suite, methods in EXPECTED_MARKS.items():
         for kind in kinds:
             plot = by_id[f"plot-{suite}-{kind}"]

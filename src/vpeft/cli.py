@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -54,6 +55,24 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _count_backbone(args) -> tuple[str, dict]:
+    """(timm architecture, model arguments) of --backbone: a timm `arch[.tag]`, or the name of a
+    `backbones:` entry of the config (its architecture at its input size, e.g. DINOv2 at 224 px)."""
+    import timm
+
+    from .backbones import BackboneSpec, model_kwargs, register_architecture
+
+    if not timm.is_model(args.backbone.split(".")[0]) and Path(args.config).is_file():
+        import yaml
+
+        entries = (yaml.safe_load(Path(args.config).read_text()) or {}).get("backbones") or {}
+        if args.backbone in entries:
+            spec = BackboneSpec.from_config(args.backbone, entries[args.backbone])
+            register_architecture(spec.arch)
+            return spec.arch, model_kwargs(spec)
+    return args.backbone, {}
+
+
 def cmd_count(args) -> int:
     import timm
 
@@ -64,18 +83,22 @@ def cmd_count(args) -> int:
         method = build_method(args.method, _parse_sets(args.set))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    register_architecture(args.backbone)
+    arch, kwargs = _count_backbone(args)
+    register_architecture(arch)
     try:
-        model = timm.create_model(args.backbone, pretrained=False, num_classes=args.num_classes)
+        model = timm.create_model(arch, pretrained=False, num_classes=args.num_classes, **kwargs)
     except RuntimeError as err:
         raise SystemExit(f"error: unknown backbone architecture {args.backbone!r} ({err}); "
-                         f"list them with: python -c \"import timm; print(timm.list_models())\"") from None
+                         f"list them with: python -c \"import timm; print(timm.list_models())\", or name "
+                         f"a backbones: entry of {args.config}") from None
     selection = None
     if method.needs_selection:
         # The count does not depend on *which* entries are selected, only on how many: random inputs do.
         import torch
 
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        if kwargs.get("img_size"):  # built for the backbones: entry's input size, not timm's default
+            size = (3, kwargs["img_size"], kwargs["img_size"])
         images = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         selection = method.compute_selection(model, [(images, torch.arange(2) % args.num_classes)],
                                              args.num_classes)
@@ -84,7 +107,7 @@ def cmd_count(args) -> int:
     except ValueError as err:  # MethodError: the method does not fit this architecture
         raise SystemExit(f"error: {err}") from None
     counts = applied.parameter_counts()
-    out = {"method": args.method, "backbone": args.backbone, "num_classes": args.num_classes,
+    out = {"method": args.method, "backbone": args.backbone, "arch": arch, "num_classes": args.num_classes,
            "hparams": method.config.to_dict(), "trainable_params": counts["trainable"],
            "trainable_params_with_head": counts["trainable_with_head"], "head_params": counts["head"],
            "total_params": counts["total"], "matched_modules": len(applied.matched)}
@@ -175,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("count", help="apply a method to a random-init backbone and count trainable parameters")
     p.add_argument("method")
-    p.add_argument("--backbone", required=True, help="timm architecture, e.g. vit_base_patch16_224")
+    p.add_argument("--backbone", required=True, help="timm architecture, e.g. vit_base_patch16_224 or "
+                   "vit_base_patch14_dinov2.lvd142m, or a backbones: entry of --config, e.g. dinov2-vitb14")
+    p.add_argument("--config", default="config/config.yaml", help="config whose backbones: --backbone may name")
     p.add_argument("--num-classes", type=int, default=100, help="head size (default 100)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     p.add_argument("--show-matched", action="store_true", help="list the modules the method matched")

@@ -91,6 +91,15 @@ def _input_shape(config: dict, suite: dict) -> tuple[int, ...]:
     return (1, 3, size, size)
 
 
+def _default_size(arch: str) -> int | None:
+    import timm
+
+    try:
+        return int(timm.models.get_pretrained_cfg(arch).input_size[-1])
+    except Exception:  # noqa: BLE001 - no pretrained config: timm's own default applies
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def forward_flops(arch: str, shape: tuple[int, ...], model_kwargs: tuple = ()) -> int:
     """FLOPs of one forward pass of `arch` on one sample of `shape`, on the meta device."""
@@ -103,8 +112,8 @@ def forward_flops(arch: str, shape: tuple[int, ...], model_kwargs: tuple = ()) -
     kwargs = dict(model_kwargs)
     if len(shape) == 5:
         from .video import models  # noqa: F401  (registers the video architectures)
-    elif shape[2] != shape[3] or shape[2] != 224:
-        kwargs.setdefault("img_size", tuple(shape[2:]))
+    elif shape[2] != shape[3] or shape[2] != 224 or _default_size(arch) != 224:
+        kwargs.setdefault("img_size", tuple(shape[2:]))  # e.g. DINOv2 (518 px in timm) run at 224
     with torch.device("meta"):
         model = timm.create_model(arch.split(".")[0], pretrained=False, num_classes=0, **kwargs)
         sample = torch.empty(shape)

@@ -9,7 +9,13 @@ fresh head for the task. Formats (`checkpoint_format` in the config, else from t
 * `google-npz`: Google's original ViT `.npz` (vpeft.backbones.google_npz; timm's npz reader after a
   layout check);
 * `swin-official`: Microsoft's official Swin `.pth` (vpeft.backbones.swin_official; keys converted
-  with timm's filter, the 22k head dropped, loaded strictly).
+  with timm's filter, the 22k head dropped, loaded strictly);
+* `dinov2`, `open-clip`, `mae`: Meta's DINOv2 `.pth`, open_clip's CLIP state dict, MAE's `.pth`
+  (vpeft.backbones.release; layout checked, keys converted by timm, loaded strictly).
+
+The model is built for the entry's `input_size`: when it differs from the architecture's default
+(DINOv2's 518 px, a ViT-B/16 at 384 px), `img_size` is passed to timm and the checkpoint's position
+embedding is resampled to the new patch grid on load.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import demo  # noqa: F401  (registers vit_demo_patch4_32 with timm)
+from .release import RELEASE_FORMATS, load_release
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +91,7 @@ def resolve_checkpoint(spec: BackboneSpec, base_dir: str | Path = ".") -> tuple[
     return path, digest
 
 
-CHECKPOINT_FORMATS = ("timm", "google-npz", "swin-official")
+CHECKPOINT_FORMATS = ("timm", "google-npz", "swin-official", "dinov2", "open-clip", "mae")
 
 
 def checkpoint_format(spec: BackboneSpec) -> str:
@@ -93,6 +100,31 @@ def checkpoint_format(spec: BackboneSpec) -> str:
         raise BackboneError(f"backbones.{spec.name}.checkpoint_format: unknown format {fmt!r}; valid: "
                             f"{', '.join(CHECKPOINT_FORMATS)}")
     return fmt
+
+
+def model_kwargs(spec: BackboneSpec) -> dict:
+    """timm keyword arguments of the entry: its `model_kwargs`, plus `img_size` when its `input_size`
+    differs from the architecture's default input size."""
+    import timm
+
+    kwargs = dict(spec.model_kwargs)
+    if "img_size" in kwargs:
+        return kwargs
+    try:
+        cfg = timm.models.get_pretrained_cfg(spec.arch)
+    except Exception:  # noqa: BLE001 - an architecture without a pretrained config keeps its defaults
+        cfg = None
+    default = getattr(cfg, "input_size", None) if cfg is not None else None
+    if default and int(default[-1]) != int(spec.input_size):
+        kwargs["img_size"] = int(spec.input_size)
+    return kwargs
+
+
+def _filter_fn(model):
+    """timm's checkpoint filter of the model's family (resamples position embeddings), if it has one."""
+    import sys
+
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
 
 
 def register_architecture(arch: str) -> None:
@@ -116,12 +148,21 @@ def create_backbone(spec: BackboneSpec, num_classes: int, *, pretrained: bool = 
     register_architecture(spec.arch)
     path, digest = resolve_checkpoint(spec, base_dir) if pretrained else (None, None)
     fmt = checkpoint_format(spec) if path else None
+    kwargs = model_kwargs(spec)
+    # a timm file for another input size goes through timm's filter, which resamples the position embedding
+    resample = fmt == "timm" and "img_size" in kwargs and "img_size" not in spec.model_kwargs
     try:
         # timm loads .pth with torch.load(weights_only=True) and .npz without pickle: a checkpoint
         # can carry tensors only, never code.
         model = timm.create_model(spec.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
-                                  checkpoint_path=str(path) if fmt == "timm" else "", **spec.model_kwargs)
-        if fmt == "google-npz":
+                                  checkpoint_path=str(path) if fmt == "timm" and not resample else "", **kwargs)
+        if resample:
+            from timm.models import load_checkpoint
+
+            load_checkpoint(model, str(path), filter_fn=_filter_fn(model))
+        elif fmt in RELEASE_FORMATS:
+            load_release(model, path, fmt)
+        elif fmt == "google-npz":
             from .google_npz import load_google_npz
 
             load_google_npz(model, path)

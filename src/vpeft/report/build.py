@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .backbones import backbone_comparison
 from .findings import add_findings
 from .html import build_context, render_report
 from .protocols import fewshot_context, shift_context
@@ -22,6 +23,7 @@ def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench
     runs = load_runs(run_paths)
     regular = {name: info for name, info in suites.items() if not info.get("fewshot")}
     context = build_context(runs, add_findings(runs, regular))
+    context["backbones"] = backbone_comparison(runs, suites)  # suites of the same data on several backbones
     context["fewshot"] = fewshot_context(runs, suites) or None
     context["shift"] = shift_context(shift_paths, suites) or None
     context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
