@@ -45,7 +45,9 @@ def hand_over(*preload: str) -> None:
     needs, which the worker imports for later jobs."""
     if _in_child or not os.environ.get(ENV) or not hasattr(socket, "send_fds"):
         return
-    script = getattr(sys.modules["__main__"], "__file__", None)
+    main = sys.modules["__main__"]
+    # the file Python runs: Snakemake's copy with its preamble (which sets __file__ to the original)
+    script = getattr(main, "__real_file__", None) or getattr(main, "__file__", None)
     if not script or not Path(script).is_file():
         return
     address = _address()
