@@ -90,6 +90,8 @@ def run(cores: str = "all", baseline: str = BASELINE, mode: str = "together", re
             "tables_identical": bool(tables) and all(d is None for d in tables.values()),
             "table_differences": {s: d for s, d in tables.items() if d is not None},
             "reference": reference,
+            "reference_differences": (None if against_reference is None else
+                                      sorted(s for s, d in against_reference.items() if d is not None)),
             "identical_to_reference": (None if against_reference is None else
                                        bool(against_reference) and all(d is None for d in against_reference.values())),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)), "load_average_at_start": load,

@@ -187,15 +187,20 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
                      + " s", "yes" if d["wall_seconds"] <= 720 else "no"))
         if "baseline" in d:
             b = d["baseline"]
-            rows.append((f"  baseline {b['commit'][:7]} / HEAD, wall ({d['mode']})",
+            load = d.get("load_average_at_start", [None])[0]
+            rows.append((f"  baseline {b['commit'][:7]} / HEAD, wall ({d['mode']}"
+                         + (f", load {load:.0f} on {d.get('cpu_count')} CPUs)" if load is not None else ")"),
                          f"{b['wall_seconds']:.0f} / {d['wall_seconds']:.0f} s = {d['wall_ratio_baseline_over_head']:.2f}x",
                          GOALS["default_run_speedup"], "yes" if d["wall_ratio_baseline_over_head"] >= 1.5 else "no"))
             rows.append((f"  baseline {b['commit'][:7]} / HEAD, CPU of the process trees",
                          f"{b['cpu_seconds']:.0f} / {d['cpu_seconds']:.0f} s = {d['cpu_ratio_baseline_over_head']:.2f}x",
                          GOALS["default_run_speedup"], "yes" if d["cpu_ratio_baseline_over_head"] >= 1.5 else "no"))
-            same = d["tables_identical"] and d.get("identical_to_reference") is not False
-            rows.append(("  suite tables identical to the baseline's" + (" and the reference" if d.get("reference") else ""),
-                         str(same), "True", "yes" if same else "no"))
+            rows.append(("  suite tables identical to the baseline's (same machine)", str(d["tables_identical"]), "True",
+                         "yes" if d["tables_identical"] else "no"))
+            if d.get("reference"):
+                differ = ", ".join(d.get("reference_differences") or []) or "-"
+                rows.append((f"  ... and to {Path(d['reference']).name} (differ: {differ})",
+                             str(d["identical_to_reference"]), "True", "yes" if d["identical_to_reference"] else "no"))
     return rows
 
 
