@@ -29,6 +29,7 @@ GOALS = {
     "side_tuning_memory_below_lora": "all",
     "default_run_seconds": "<= 900",
     "default_run_target_seconds": "<= 720",
+    "default_run_speedup": ">= 1.5x",
     "lora_overhead_over_peft": "<= 0.5",
     "vtab1k_run_seconds": "<= 60 (H200-class GPU)",
     "vtab1k_mfu": ">= 40 % (ViT-B/16 step)",
@@ -78,6 +79,13 @@ def parse_args(argv=None):
     g.add_argument("--vitb-steps", type=int, default=3)
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the ViT-B/16 step")
+    g = p.add_argument_group("demo section (the default run at HEAD and at a baseline commit, side by side)")
+    g.add_argument("--demo-baseline", default="7ad9f45", help="commit to compare with (before issue #25's speed work)")
+    g.add_argument("--demo-mode", choices=("together", "sequential"), default="together",
+                   help="together: both runs at once (same load); sequential: baseline, then HEAD")
+    g.add_argument("--demo-reference", default="",
+                   help="folder of reference suite tables (<suite>.csv) the HEAD run's tables must equal")
+    g.add_argument("--demo-cores", default="all", help="snakemake --cores of each run")
     g = p.add_argument_group("input section (DataLoader workers against the ViT-B/16 step; ~60 s on a CPU)")
     g.add_argument("--input-seconds", type=float, default=5.0, help="timed seconds per measurement")
     g.add_argument("--input-images", type=int, default=48, help="generated JPEGs")
@@ -180,6 +188,22 @@ def summary(results: dict) -> list[tuple[str, str, str, str]]:
                      GOALS["default_run_seconds"] + " s", "yes" if d["wall_seconds"] <= d["budget_seconds"] else "no"))
         rows.append(("  with margin for slower machines", f"{d['wall_seconds']:.0f} s", GOALS["default_run_target_seconds"]
                      + " s", "yes" if d["wall_seconds"] <= 720 else "no"))
+        if "baseline" in d:
+            b = d["baseline"]
+            load = d.get("load_average_at_start", [None])[0]
+            rows.append((f"  baseline {b['commit'][:7]} / HEAD, wall ({d['mode']}"
+                         + (f", load {load:.0f} on {d.get('cpu_count')} CPUs)" if load is not None else ")"),
+                         f"{b['wall_seconds']:.0f} / {d['wall_seconds']:.0f} s = {d['wall_ratio_baseline_over_head']:.2f}x",
+                         GOALS["default_run_speedup"], "yes" if d["wall_ratio_baseline_over_head"] >= 1.5 else "no"))
+            rows.append((f"  baseline {b['commit'][:7]} / HEAD, CPU of the process trees",
+                         f"{b['cpu_seconds']:.0f} / {d['cpu_seconds']:.0f} s = {d['cpu_ratio_baseline_over_head']:.2f}x",
+                         GOALS["default_run_speedup"], "yes" if d["cpu_ratio_baseline_over_head"] >= 1.5 else "no"))
+            rows.append(("  suite tables identical to the baseline's (same machine)", str(d["tables_identical"]), "True",
+                         "yes" if d["tables_identical"] else "no"))
+            if d.get("reference"):
+                differ = ", ".join(d.get("reference_differences") or []) or "-"
+                rows.append((f"  ... and to {Path(d['reference']).name} (differ: {differ})",
+                             str(d["identical_to_reference"]), "True", "yes" if d["identical_to_reference"] else "no"))
     return rows
 
 
@@ -255,7 +279,8 @@ def main(argv=None) -> int:
                                                 args.device, methods)
         elif section == "demo":
             import default_run
-            results[section] = default_run.run()
+            results[section] = default_run.run(cores=args.demo_cores, baseline=args.demo_baseline,
+                                               mode=args.demo_mode, reference=args.demo_reference or None)
         elif section == "imports":
             import import_cost
             results[section] = import_cost.run(args.import_rounds, args.import_baseline)

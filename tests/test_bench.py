@@ -29,7 +29,7 @@ def test_update_replaces_only_the_measured_section(bench_run, tmp_path, monkeypa
                 "provenance": {"git_commit": "oldcommit", "git_dirty": False, "created": "2026-11-01T00:00:00+00:00"}}
     out.write_text(json.dumps(previous))
     fake = types.ModuleType("default_run")
-    fake.run = lambda: {"commit": "x", "cores": "all", "wall_seconds": 848.0, "cpu_seconds": 1500.0, "jobs": 93,
+    fake.run = lambda **_: {"commit": "x", "cores": "all", "wall_seconds": 848.0, "cpu_seconds": 1500.0, "jobs": 93,
                         "training_jobs": 68, "budget_seconds": 900}
     monkeypatch.setitem(sys.modules, "default_run", fake)
     assert bench_run.main(["--only", "demo", "--update", "--out", str(out)]) == 0

@@ -360,3 +360,20 @@ def build_report_after_failure():
                  tuned_paths=[p for p in get_report_tuned(None) if Path(p).exists()],
                  shift_paths=get_report_shift(None))
     print("reports/index.html rebuilt: failed and missing runs are marked in it", file=sys.stderr)
+
+
+def mark_warm_worker():
+    """`onstart`: on a local run, tell the jobs' scripts to hand themselves to a warm worker
+    (vpeft.worker) instead of importing torch, timm and the library once per job. Cluster jobs run
+    elsewhere and keep their own processes."""
+    from snakemake.settings.types import ExecMode
+    from vpeft.worker import ENV
+
+    if config.get("warm_worker", True) and workflow.local_exec and workflow.exec_mode == ExecMode.DEFAULT:
+        os.environ[ENV] = str(os.getpid())
+    else:
+        os.environ.pop(ENV, None)
+
+
+onstart:
+    mark_warm_worker()

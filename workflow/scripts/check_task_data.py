@@ -6,6 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over("vpeft.data.manifest")  # in the warm worker when there is one
+
 from vpeft.data.layouts import get_checker  # noqa: E402
 from vpeft.data.manifest import write_task_index  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402

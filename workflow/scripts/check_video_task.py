@@ -5,6 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over()  # in the warm worker when there is one
+
 from vpeft.io import atomic_write_json  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402
 from vpeft.video.check import check_video_task  # noqa: E402

@@ -7,6 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over("vpeft.data.synthetic.vtab_mini")  # in the warm worker when there is one
+
 from vpeft.data.synthetic.vtab_mini import generate_task  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over("vpeft.engine.noah_search")  # in the warm worker when there is one
+
 from vpeft.engine.noah_search import search_subnet  # noqa: E402
 from vpeft.logs import log_to_file  # noqa: E402
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over("vpeft.report.build")  # in the warm worker when there is one
+
 from vpeft.logs import log_to_file  # noqa: E402
 from vpeft.report.build import build_report  # noqa: E402
 

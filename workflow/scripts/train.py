@@ -5,6 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+hand_over("vpeft.engine.tune")  # in the warm worker when there is one
+
 from vpeft.engine.ddp import process_count  # noqa: E402
 from vpeft.engine.train import run_training, with_searched_hparams  # noqa: E402
 from vpeft.engine.tune import with_tuned_settings  # noqa: E402

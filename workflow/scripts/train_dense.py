@@ -6,6 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+from vpeft.worker import hand_over  # noqa: E402
+
+# in the warm worker when there is one
+hand_over("vpeft.dense.train", "mmengine.runner", "vpeft.dense.backbone")
+
 from vpeft.dense.train import run_dense_training  # noqa: E402
 from vpeft.logs import console, finished_run_line, log_to_file  # noqa: E402
 
