@@ -46,8 +46,8 @@ def test_methods_lists_family_mergeable_stages_reference(capsys):
 def test_methods_markdown_is_the_readme_table(capsys):
     assert main(["methods", "--markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert table in readme, "README's method table is out of date: paste `vpeft methods --markdown`"
+    readme = (Path(__file__).resolve().parents[1] / "docs/methods.md").read_text()
+    assert table in readme, "docs/methods.md's method table is out of date: paste `vpeft methods --markdown`"
 
 
 def test_count_runs_the_selection_stage_of_data_dependent_methods(capsys):
