@@ -11,10 +11,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from vpeft.engine.tune import run_search  # noqa: E402
-from vpeft.logs import log_to_file  # noqa: E402
+from vpeft.logs import console, log_to_file, tuned_line  # noqa: E402
 
 log_to_file(snakemake.log[0])
 settings = dict(snakemake.params.settings)
 space = settings.pop("space")
-run_search(snakemake.params.run, space, settings, snakemake.output.tuned, snakemake.params.study_dir,
-           threads=snakemake.threads)
+result = run_search(snakemake.params.run, space, settings, snakemake.output.tuned, snakemake.params.study_dir,
+                    threads=snakemake.threads)
+console(tuned_line(result))
