@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake_logger_plugin_vpeft.console import Console, format_duration, log_tail
 from helpers.configs import smoke_config
 from helpers.snake import job_counts, run_workflow
 
 from vpeft.artifacts import read_trained_tensors
 from vpeft.export import load_run
-from vpeft.console import Console, log_tail
 from vpeft.logs import eta, finished_run_line, tuned_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,7 @@ def test_finished_run_line_and_eta():
     metrics = {"suite": "s", "method": "lora", "task": "t", "seed": 1, "metric": {"name": "top1", "value": 0.5625},
                "params": {"trainable": 8192}, "train": {"wall_seconds": 10.0}, "eval": {"wall_seconds": 2.25}}
     assert finished_run_line(metrics) == "done s / lora / t (seed 1): top-1 56.25%, 8,192 trainable params, 12.2 s"
+    assert format_duration(3725) == "1h02m05s" and format_duration(65.4) == "1m05s"  # the console's copy
     assert eta(1, 4, 30.0) == "ETA 1m30s" and eta(4, 4, 30.0) == "ETA 0s" and eta(10, 100, 400.0) == "ETA 1h00m00s"
 
 

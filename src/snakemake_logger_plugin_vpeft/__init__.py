@@ -1,5 +1,5 @@
 """Snakemake logger plugin `vpeft` (`--logger vpeft`, set by profiles/default): the project's short console.
-Thin: the formatting lives in `vpeft.console`."""
+Thin: the formatting lives in `.console`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from snakemake.logging import DefaultFormatter
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 
-from vpeft.console import Console
+from .console import Console
 
 
 class LogHandler(LogHandlerBase):
@@ -17,7 +17,7 @@ class LogHandler(LogHandlerBase):
         formatter = DefaultFormatter(settings.quiet, settings.show_failed_logs)
         self.console = Console(stream=sys.stdout if settings.stdout else sys.stderr,
                                quiet=[q.name.lower() if hasattr(q, "name") else q for q in settings.quiet or ()],
-                               printshellcmds=settings.printshellcmds, dryrun=settings.dryrun,
+                               printshellcmds=settings.printshellcmds, dryrun=settings.dryrun, verbose=settings.verbose,
                                default_format=formatter.format)
 
     def emit(self, record) -> None:

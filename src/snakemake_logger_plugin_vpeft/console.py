@@ -1,5 +1,4 @@
-"""The workflow's console: Snakemake's logger plugin `vpeft` (src/snakemake_logger_plugin_vpeft) formats
-Snakemake's log records here. What it prints:
+"""The workflow's console: Snakemake's logger plugin `vpeft` formats Snakemake's log records here. What it prints:
 
 * a failed job: its rule and wildcards, its log path and the end of its log (the message that says what to
   do), whatever `quiet` hides (Snakemake's own handler drops job errors under `quiet: rules`);
@@ -10,18 +9,28 @@ Snakemake's log records here. What it prints:
 * the plan (Snakemake's job-stats table), warnings and workflow errors, as Snakemake formats them.
 
 Snakemake's per-job bookkeeping (job blocks, `Select jobs to execute...`, `Finished jobid`, `K of N steps`)
-is left out; `--workflow-profile none` (no logger plugin) brings it back. Imports no torch: it runs in
-Snakemake's own process."""
+is left out; `--workflow-profile none` (no logger plugin) brings it back.
+
+Runs in Snakemake's own process, loaded before the Snakefile puts its checkout's `src/` first on sys.path:
+so it imports nothing from `vpeft` (that would pin the process to whichever vpeft is installed)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 
-from vpeft.logs import format_duration
+
+def format_duration(seconds: float) -> str:
+    """As vpeft.logs.format_duration (not imported: see the module docstring)."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
 
 #: Rules whose finished jobs are training runs (one `done ...` line each, printed by the job itself).
 TRAINING_RULES = frozenset({"train_run", "train_dense_run"})
@@ -34,6 +43,8 @@ BOOKKEEPING = ("Building DAG", "Select jobs to execute", "Execute ", "Using shel
                "Waiting for more resources", "Touching output", "Removing temporary output", "Storing output",
                "host:", "Activating conda", "Using workflow specific profile", "Resources before job selection",
                "Waiting at most", "Job counts", "Retrieving", "Updating job", "Removing output files of failed job")
+#: A traceback frame in the message of a workflow error.
+FRAME = re.compile(r'^\s+File ".*", line \d+')
 #: A progress line is printed after each tenth of the jobs, at most once per this many seconds.
 PROGRESS_SECONDS = 20.0
 #: How many lines of a failed job's log reach the console (the message is at its end).
@@ -101,11 +112,12 @@ class Console:
     """The state of one workflow run's console, fed with Snakemake's log records by the plugin handler."""
 
     def __init__(self, stream=None, quiet=(), printshellcmds: bool = False, dryrun: bool = False,
-                 default_format=None, clock=time.monotonic):
+                 default_format=None, clock=time.monotonic, verbose: bool = False):
         self.stream = stream or sys.stderr
         self.quiet = {str(q) for q in (quiet or ())}
         self.printshellcmds = printshellcmds
         self.dryrun = dryrun
+        self.verbose = verbose
         self.default_format = default_format or (lambda record: record.getMessage())
         self.clock = clock
         self.started = clock()
@@ -185,8 +197,11 @@ class Console:
     def on_error(self, record) -> None:
         message = self.default_format(record)
         # a failed script's CalledProcessError: the job's own block (on_job_error) says more
-        if not (message.startswith("RuleException:") and "CalledProcessError" in message):
-            self.write(message)
+        if message.startswith("RuleException:") and "CalledProcessError" in message:
+            return
+        if not self.verbose:  # the message says what to do; the frames (--verbose) name library internals
+            message = "\n".join(line for line in message.splitlines() if not FRAME.match(line))
+        self.write(message)
 
     def close(self) -> None:
         """The closing summary (not for dry runs, which train nothing)."""
