@@ -17,6 +17,13 @@ def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench
     ``tuned_paths``: hyper-parameter searches (tuned.json), shown as the sensitivity section."""
     runs = load_runs(run_paths)
     context = build_context(runs, add_findings(runs, suites))
-    context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
+    if bench_path:
+        from vpeft.provenance import git_state
+
+        state = git_state()
+        current = state["git_commit"] if not state["git_dirty"] else None  # uncommitted code: nothing is current
+        context["speed"] = load_speed_benchmark(bench_path, current_commit=current)
+    else:
+        context["speed"] = None
     context["tuning"] = tuning_context(tuned_paths, suites) if tuned_paths else None
     render_report(context, out_path)

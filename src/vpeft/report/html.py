@@ -486,6 +486,7 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
         "n_expected": n_expected,
         "n_ok": int(cells["n_ok"].sum()) if len(cells) else 0,
         "cost": cost,
+        "throughput_unit": "clips/s" if cfg.get("kind") == "video" else "img/s",
     }
 
 

@@ -1,7 +1,11 @@
 """The speed benchmark's results (bench/run.py -> bench/results/latest.json) as a report table.
 
 The report shows the benchmark's own summary rows (measure, value, goal, met) with where and when it
-was measured; it never re-times anything, so the table is only as fresh as the JSON it names.
+was measured; it never re-times anything, so the table is only as fresh as the JSON it names. Each row
+belongs to a bench section, and each section records its own commit and date (`section_provenance`,
+`--update` re-measures one section): a row measured at another commit than the report's is marked with
+that commit and date. Rows for developers only (import time against an old baseline commit) and GPU-hour
+extrapolations (the one source of GPU-hours is `vpeft plan`) stay out of the user's report.
 """
 
 from __future__ import annotations
@@ -22,7 +26,30 @@ def repo_relative(path: Path) -> str:
     return path.name
 
 
-def load_speed_benchmark(path: str | Path) -> dict:
+#: The bench section each top-level summary row comes from, by the start of its measure (bench/run.py's
+#: `summary` writes them in this order; indented rows belong to the row above).
+SECTION_OF = (("LoRA train step", "lora"), ("linear:", "cache"), ("partial:", "cache"),
+              ("merged / plain", "merge"), ("side-tuning", "methods"), ("ViT-B/16", "vitb"), ("input:", "input"),
+              ("training job imports", "imports"), ("VTAB-1k", "vtab1k-gpu"), ("concurrent runs", "concurrency"),
+              ("default `snakemake", "demo"))
+#: Sections that measure the project's own history (against a baseline commit), not what a user gets.
+DEVELOPER_SECTIONS = frozenset({"imports"})
+#: Rows left out: GPU-hour extrapolations (`vpeft plan` is the one source of GPU-hours).
+LEFT_OUT = ("device-hours",)
+
+
+def _sections(rows: list[dict]) -> list[str | None]:
+    out, current = [], None
+    for row in rows:
+        measure = str(row["measure"])
+        if not measure.startswith(" "):
+            current = next((s for prefix, s in SECTION_OF if measure.startswith(prefix)), None)
+        out.append(row.get("section") or current)
+    return out
+
+
+def load_speed_benchmark(path: str | Path, current_commit: str | None = None) -> dict:
+    """The speed table; `current_commit`: the report's own commit (rows measured at another are marked)."""
     path = Path(path)
     data = json.loads(path.read_text())
     if data.get("schema") != BENCH_SCHEMA:
@@ -34,6 +61,20 @@ def load_speed_benchmark(path: str | Path) -> dict:
                                          if hardware.get("cpu_count") else None,
                                          hardware.get("cuda") or "no GPU") if v)
     args = data.get("args") or {}
+    summary = list(data.get("summary", []))
+    section_prov = data.get("section_provenance") or {}
+    rows = []
+    for row, section in zip(summary, _sections(summary)):
+        if section in DEVELOPER_SECTIONS or any(s in str(row["measure"]) for s in LEFT_OUT):
+            continue
+        where = section_prov.get(section) or prov
+        commit = str(where.get("git_commit") or "")
+        same = bool(current_commit) and commit == current_commit and not where.get("git_dirty")
+        rows.append({"measure": str(row["measure"]).strip(), "sub": str(row["measure"]).startswith(" "),
+                     "value": str(row["value"]), "goal": str(row["goal"]), "met": str(row["met"]),
+                     "measured": "" if same else f"{str(where.get('created') or 'date not recorded')[:10]}, "
+                                                 f"{commit[:7] or 'commit not recorded'}"
+                                                 f"{' (uncommitted changes)' if where.get('git_dirty') else ''}"})
     return {
         "path": repo_relative(path),
         "machine": machine or "not recorded",
@@ -41,7 +82,7 @@ def load_speed_benchmark(path: str | Path) -> dict:
         "created": str(prov.get("created") or prov.get("time") or "not recorded"),
         "setup": ", ".join(f"{k} {args[k]}" for k in ("device", "threads", "arch", "img_size", "batch",
                                                         "precision") if k in args),
-        "rows": [{"measure": str(r["measure"]).strip(), "sub": str(r["measure"]).startswith(" "),
-                  "value": str(r["value"]), "goal": str(r["goal"]), "met": str(r["met"])}
-                 for r in data.get("summary", [])],
+        "current_commit": (current_commit or "not recorded")[:12],
+        "all_current": bool(rows) and not any(r["measured"] for r in rows),
+        "rows": rows,
     }
