@@ -618,3 +618,12 @@ def test_speed_table_marks_older_rows_and_leaves_developer_rows_out(tmp_path):
     assert rows["LoRA train step, ours / peft"] == rows["no-adapter floor / peft"] == "2026-11-29, aaaaaaa"
     assert rows["concurrent runs on one cpu"] == "" and not speed["all_current"]
     assert all(r["measured"] for r in load_speed_benchmark(path, current_commit=None)["rows"])  # nothing current
+
+
+def test_docs_speed_page_is_written_from_the_benchmark_record():
+    """docs/speed.md holds the committed record's figures as bench/run.py writes them, not retyped ones."""
+    from vpeft.report.speed import speed_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs/speed.md").read_text() == speed_markdown(root / "bench/results/latest.json"), \
+        "docs/speed.md is stale: run `python -m vpeft.report.speed`"

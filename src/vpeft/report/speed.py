@@ -86,3 +86,35 @@ def load_speed_benchmark(path: str | Path, current_commit: str | None = None) ->
         "all_current": bool(rows) and not any(r["measured"] for r in rows),
         "rows": rows,
     }
+
+
+def speed_markdown(path: str | Path) -> str:
+    """docs/speed.md: the benchmark's table with each row's commit and date, written from its record (by
+    bench/run.py after every run, or `python -m vpeft.report.speed`), never retyped."""
+    speed = load_speed_benchmark(path)
+    lines = ["# Speed benchmark", "",
+             f"Written by `bench/run.py` from `{speed['path']}` (do not edit by hand; re-run the benchmark, or "
+             f"`python -m vpeft.report.speed` to rewrite this page from the record). Machine: {speed['machine']}; "
+             f"{speed['setup'] or 'default settings'}. Each row gives the date and commit its section was measured "
+             "at; how each number is taken: `bench/README.md`. GPU-hours: `vpeft plan`.", "",
+             "| measure | value | goal | met | measured (date, commit) |", "|---|---|---|---|---|"]
+    for r in speed["rows"]:
+        measure = ("&nbsp;&nbsp;" if r["sub"] else "") + r["measure"]
+        lines.append(f"| {measure} | {r['value']} | {r['goal']} | {r['met']} | {r['measured']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write docs/speed.md from the speed benchmark's record")
+    parser.add_argument("record", nargs="?", default="bench/results/latest.json")
+    parser.add_argument("-o", "--out", default="docs/speed.md")
+    args = parser.parse_args(argv)
+    Path(args.out).write_text(speed_markdown(args.record))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
