@@ -11,24 +11,26 @@ MMCV_WHEELS ?= $(wildcard ../shared/wheels)
 
 .PHONY: benchmark test lint clean-results dense browser
 
+# Installers are quiet: one line per step, pip's output in .venv/install.log, its end printed on failure.
 $(STAMP): pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install --quiet -e ".[test]" >$(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 # The dense-prediction stack (mmcv 2.1.0 with compiled ops, mmdet, mmseg): a prebuilt mmcv wheel when pip
 # finds one, else a source build (~14 min on 2 cores).
 $(DENSE_STAMP): $(STAMP) tools/install_dense.sh
-	tools/install_dense.sh --python $(VENV)/bin/python $(if $(MMCV_WHEELS),--wheels $(MMCV_WHEELS))
-	touch $(DENSE_STAMP)
+	@INSTALL_LOG=$(VENV)/install_dense.log tools/install_dense.sh --python $(VENV)/bin/python $(if $(MMCV_WHEELS),--wheels $(MMCV_WHEELS))
+	@touch $(DENSE_STAMP)
 
 ## Install the dense-prediction stack into .venv (also done by benchmark and test)
 dense: $(DENSE_STAMP)
 
 ## Install (once), then run the embedded default benchmark -> reports/index.html
 benchmark: $(STAMP) $(DENSE_STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES)
-	@echo "report: $(CURDIR)/reports/index.html"
+	@$(VENV)/bin/snakemake --cores $(CORES)
 
 ## Debian's chromium for the report's browser test (returns at once when it is installed)
 browser:

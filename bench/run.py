@@ -350,6 +350,11 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, record)
     print(f"\nwritten: {out}")
+    if out.resolve() == (REPO / "bench/results/latest.json").resolve():  # the committed record: its docs page too
+        from vpeft.report.speed import speed_markdown
+
+        (REPO / "docs/speed.md").write_text(speed_markdown(out))
+        print(f"written: {REPO / 'docs/speed.md'}")
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,8 +48,8 @@ def test_methods_lists_family_mergeable_stages_reference(capsys):
 def test_methods_markdown_is_the_readme_table(capsys):
     assert main(["methods", "--markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert table in readme, "README's method table is out of date: paste `vpeft methods --markdown`"
+    readme = (Path(__file__).resolve().parents[1] / "docs/methods.md").read_text()
+    assert table in readme, "docs/methods.md's method table is out of date: paste `vpeft methods --markdown`"
 
 
 def test_count_runs_the_selection_stage_of_data_dependent_methods(capsys):
@@ -56,7 +58,8 @@ def test_count_runs_the_selection_stage_of_data_dependent_methods(capsys):
 
 
 def test_unknown_method_and_bad_hparam_are_clear():
-    with pytest.raises(SystemExit, match="unknown method 'lorra'; valid methods: adapter"):
+    with pytest.raises(SystemExit, match=r"unknown method 'lorra' \(did you mean 'lora' or 'lorand'\?\); "
+                                            r"valid methods: adapter"):
         main(["count", "lorra", "--backbone", "vit_demo_patch4_32"])
     with pytest.raises(SystemExit, match="lora.rank: expected int"):
         main(["count", "lora", "--backbone", "vit_demo_patch4_32", "--set", "rank=x"])
@@ -95,3 +98,35 @@ def test_count_runs_a_selection_stage_at_the_entrys_input_size(capsys):
     assert main(["count", "sct", "--backbone", "dinov2-vitb14", "--num-classes", "10",
                  "--config", str(ROOT / "config/config.yaml")]) == 0
     assert json.loads(capsys.readouterr().out)["trainable_params"] == 12 * (96 * 96 + 96)
+
+
+def test_python_dash_m_vpeft_is_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "vpeft", "count", "lora", "--backbone", "vit_demo_patch4_32"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["trainable_params"] > 0
+
+
+def test_a_method_missing_an_attribute_is_one_clear_line(monkeypatch):
+    from vpeft.methods.base import MethodError, PeftMethod, from_paper
+    from vpeft.methods.registry import register_method
+
+    class NoConfig(PeftMethod):
+        name, category, paper, provenance = "no-config", "addition", "Me, 2026", from_paper("section 1")
+
+    with pytest.raises(MethodError, match=r"^method class NoConfig \(.*\) does not set config_cls: config_cls = "
+                                          r"the MethodConfig dataclass"):
+        register_method(NoConfig)
+
+    class Bare(PeftMethod):
+        pass
+
+    with pytest.raises(MethodError, match="does not set name, config_cls, category, paper, provenance"):
+        register_method(Bare)
+
+    def broken(args):  # what discovery raises when such a module is imported
+        register_method(NoConfig)
+
+    monkeypatch.setattr("vpeft.cli.cmd_methods", broken)
+    with pytest.raises(SystemExit, match="^error: method class NoConfig .* does not set config_cls"):
+        main(["methods"])

@@ -89,9 +89,9 @@ def test_extended_suite_shares_data_and_changes_backbone(config, methods):
 
 
 @pytest.mark.parametrize("suite, method, task, message", [
-    ("vtab-mini", "loraa", "digits", "unknown method 'loraa'; valid methods: adapter, bitfit, dtl"),
+    ("vtab-mini", "loraa", "digits", r"unknown method 'loraa' \(did you mean 'lora'\?\); valid methods: adapter, bitfit"),
     ("vtab-mini", "lora", "cifar", "unknown task 'cifar'; valid tasks: clevr_count, digits"),
-    ("vtab-maxi", "lora", "digits", "unknown suite 'vtab-maxi'; valid suites: .*vtab, vtab-mini"),
+    ("vtab-maxi", "lora", "digits", r"unknown suite 'vtab-maxi' \(did you mean 'vtab-mini'.*\?\); valid suites: .*vtab, vtab-mini"),
 ])
 def test_unknown_names_list_the_valid_ones(config, methods, suite, method, task, message):
     with pytest.raises(ConfigError, match=message):

@@ -49,3 +49,12 @@ def test_dense_rules_use_the_dense_env():
     for rule in ("train_dense_run", "check_dense_task"):
         body = rules.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
         assert "DENSE_ENV" in body, rule
+
+
+def test_each_env_installs_the_package_itself_after_its_dependencies():
+    """`--use-conda` envs get vpeft (and its `vpeft` command) from their post-deploy scripts, run by Snakemake
+    from the project folder; the envs' own pip lists hold only the dependencies."""
+    for env in ("vpeft", "dense"):
+        script = (ROOT / "envs" / f"{env}.post-deploy.sh").read_text()
+        assert re.search(r"^python -m pip install .*--no-deps -e \.$", script, re.M), env
+        assert "vpeft" not in _pip_requirements(f"{env}.yaml")

@@ -563,7 +563,8 @@ def test_report_shows_the_speed_benchmark_and_refuses_other_json(tmp_path):
     build_report(paths, suites, out, bench_path=bench_path)
     text = " ".join(_check_html(out.read_text(encoding="utf-8")).text)
     assert "Speed benchmark" in text and "LoRA train step, ours / peft" in text and "0.987" in text
-    assert "0123456789ab" in text and "Test CPU, 2 CPUs, no GPU" in text and "2026-11-29T10:00:00" in text
+    # measured at another commit than the report's: every row says when and at which commit
+    assert "Test CPU, 2 CPUs, no GPU" in text and "2026-11-29, 0123456" in text and "Measured (older)" in text
     build_report(paths, suites, out)  # no benchmark record: no section
     assert "Speed benchmark" not in out.read_text(encoding="utf-8")
     bench_path.write_text(json.dumps({"schema": "vpeft.run/1"}))
@@ -603,3 +604,37 @@ def test_html_report_groups_methods_by_family_and_flags_mergeable(tmp_path):
     lora_row = text[text.index(">lora"):text.index("</tr>", text.index(">lora"))]
     adapter_row = text[text.index(">adapter"):text.index("</tr>", text.index(">adapter"))]
     assert 'class="merge"' in lora_row and 'class="merge"' not in adapter_row
+
+
+def test_speed_table_marks_older_rows_and_leaves_developer_rows_out(tmp_path):
+    from vpeft.report.speed import load_speed_benchmark
+
+    old = {"git_commit": "aaaaaaa1111", "git_dirty": False, "created": "2026-11-29T12:00:00+00:00"}
+    now = {"git_commit": "bbbbbbb2222", "git_dirty": False, "created": "2026-12-08T01:00:00+00:00"}
+    bench = {"schema": "vpeft.bench/1", "args": {}, "provenance": now,
+             "section_provenance": {"lora": old, "imports": now, "vtab1k-gpu": now, "concurrency": now},
+             "summary": [{"measure": "LoRA train step, ours / peft", "value": "0.98", "goal": "-", "met": "-"},
+                         {"measure": "  no-adapter floor / peft", "value": "0.88", "goal": "-", "met": "-"},
+                         {"measure": "training job imports, baseline f2693f9 / now", "value": "1.58x", "goal": "-",
+                          "met": "-"},
+                         {"measure": "  whole job CPU time, baseline / now", "value": "1.52x", "goal": "-", "met": "-"},
+                         {"measure": "VTAB-1k x 30 methods x 1 seed (570 runs), device-hours", "value": "30.27 h",
+                          "goal": "-", "met": "-"},
+                         {"measure": "concurrent runs on one cpu", "value": "K=1: 271/h", "goal": "-", "met": "-"}]}
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(bench))
+    speed = load_speed_benchmark(path, current_commit="bbbbbbb2222")
+    rows = {r["measure"]: r["measured"] for r in speed["rows"]}
+    assert list(rows) == ["LoRA train step, ours / peft", "no-adapter floor / peft", "concurrent runs on one cpu"]
+    assert rows["LoRA train step, ours / peft"] == rows["no-adapter floor / peft"] == "2026-11-29, aaaaaaa"
+    assert rows["concurrent runs on one cpu"] == "" and not speed["all_current"]
+    assert all(r["measured"] for r in load_speed_benchmark(path, current_commit=None)["rows"])  # nothing current
+
+
+def test_docs_speed_page_is_written_from_the_benchmark_record():
+    """docs/speed.md holds the committed record's figures as bench/run.py writes them, not retyped ones."""
+    from vpeft.report.speed import speed_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs/speed.md").read_text() == speed_markdown(root / "bench/results/latest.json"), \
+        "docs/speed.md is stale: run `python -m vpeft.report.speed`"

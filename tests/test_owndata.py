@@ -353,7 +353,7 @@ def readme_my_yaml(root: Path) -> str:
     """The my.yaml of README "Benchmark PEFT methods on your own data", its folder replaced by `root`."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Benchmark PEFT methods on your own data", 1)[1].split("\n## ", 1)[0]
-    text = re.search(r"cat > my\.yaml <<'EOF'\n(.*?)\nEOF\n", section, re.S).group(1)
+    text = re.search(r"^```yaml\n(.*?)^```", section, re.S | re.M).group(1)
     assert "/data/my-images" in text and "snakemake --cores all --configfile my.yaml" in section
     return text.replace("/data/my-images", str(root))
 

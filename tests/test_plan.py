@@ -3,6 +3,8 @@ throughput or from FLOPs counted on a meta-device backbone."""
 
 from __future__ import annotations
 
+import copy
+
 import subprocess
 import sys
 from pathlib import Path
@@ -56,15 +58,29 @@ def test_forward_flops_of_vit_b16_match_its_published_cost():
     assert flops == pytest.approx(2 * 17.58e9, rel=0.01)
 
 
-def test_estimate_from_flops_uses_peak_and_utilisation(full_benchmark):
+def test_estimate_from_flops_uses_peak_and_utilisation_and_each_method_s_training_step(full_benchmark):
+    """Full fine-tuning: forward + backward (3 forwards); a linear probe without the feature cache (VTAB's
+    augmentation, drop-path): the frozen forward only; a cached probe: one forward per training image."""
     config, methods = full_benchmark
-    config = dict(config, cost_plan=dict(config["cost_plan"], throughput={}))
-    (row,) = [r for r in plan(config, methods, ["vtab"]) if r.method == "linear"]
+    config = copy.deepcopy(dict(config, cost_plan=dict(config["cost_plan"], throughput={})))
+    rows = {r.method: r for r in plan(config, methods, ["vtab"])}
     flops = forward_flops("vit_base_patch16_224.orig_in21k", (1, 3, 224, 224))
     peak = 790e12 * 0.4
     tests = sum(t["sizes"]["test"] for t in config["suites"]["vtab"]["tasks"].values())
-    assert row.source == "estimated"
-    assert row.gpu_hours == pytest.approx((19 * 100_000 * 3 * flops + tests * flops) / peak / 3600)
+    assert rows["full"].source == "estimated" and rows["full"].cost_model == "full backward"
+    assert rows["full"].gpu_hours == pytest.approx((19 * 100_000 * 3 * flops + tests * flops) / peak / 3600)
+    assert rows["linear"].cost_model == "forward only"
+    assert rows["linear"].gpu_hours == pytest.approx((19 * 100_000 * flops + tests * flops) / peak / 3600)
+    assert rows["lst"].cost_model == "forward only"  # side-tuning (needs_backbone_grad = False): no gradient through the backbone
+
+    config["suites"]["vtab"].update(protocol="vtab1k")
+    config["training"]["drop_path"] = 0.0
+    config["seeds"] = [1, 2, 3]
+    rows = {r.method: r for r in plan(config, methods, ["vtab"])}
+    cached = rows["linear"]
+    assert cached.cost_model == "cached features" and cached.jobs == 57 and cached.seeds == 3
+    assert cached.gpu_hours_per_seed == pytest.approx((19 * 1_000 * flops + tests * flops) / peak / 3600)
+    assert cached.gpu_hours == pytest.approx(3 * cached.gpu_hours_per_seed)
 
 
 def test_cli_prints_the_plan_and_names_a_missing_size(tmp_path):

@@ -185,7 +185,7 @@ def test_vpt_deep_runs_per_task_lengths_and_readme_agrees_with_yaml(config, meth
     assert {r["task"]: r["method_hparams"]["num_tokens"] for r in runs} == per_task
     assert len(set(per_task.values())) > 1  # per task, not one length
     default = yaml_cfg["hparams"]["num_tokens"]
-    readme = (ROOT / "README.md").read_text().splitlines()
+    readme = (ROOT / "docs/methods.md").read_text().splitlines()
     line = next(line for line in readme if "| `vpt-deep` (p = " in line)
     match = re.search(r"\| `vpt-deep` \(p = (\d+); vtab per task, mean ([\d.]+)\) \| ([\d,]+) "
                       r"\(vtab mean ([\d,]+)\)", line)

@@ -17,6 +17,8 @@
 #
 # Usage: tools/install_dense.sh [--python PY] [--wheels DIR] [--from-source] [--sdist FILE] [--force] [--dry-run]
 #        tools/install_dense.sh --patch-only DIR    (apply the C++20 patch to an unpacked mmcv sdist)
+# Quiet: each step prints one line; pip's and the build's output go to INSTALL_LOG (default: a file under
+# TMPDIR), whose end is printed when a step fails.
 # Idempotent: an environment that already imports mmcv 2.1.0's ops is only topped up (--force: reinstall
 # mmcv anyway). --dry-run prints the commands instead of running them.
 set -euo pipefail
@@ -49,10 +51,25 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+INSTALL_LOG=${INSTALL_LOG:-${TMPDIR:-/tmp}/install_dense.$$.log}
+
 log() { echo "[install_dense] $*" >&2; }
-run() {  # print, and run unless --dry-run
+run() {  # print, and run unless --dry-run; the command's output goes to INSTALL_LOG, shown if it fails
     log "+ $*"
-    if [ "$DRY_RUN" = 0 ]; then "$@"; fi
+    if [ "$DRY_RUN" = 1 ]; then return 0; fi
+    mkdir -p "$(dirname "$INSTALL_LOG")"
+    echo "+ $*" >>"$INSTALL_LOG"
+    if ! "$@" >>"$INSTALL_LOG" 2>&1; then
+        log "FAILED: $1 ... (last lines of $INSTALL_LOG below)"
+        tail -n 30 "$INSTALL_LOG" | sed 's/^/[install_dense]   | /' >&2
+        return 1
+    fi
+}
+try_run() {  # like run, for a step whose failure is an answer (no wheel found): no log shown
+    log "+ $*"
+    if [ "$DRY_RUN" = 1 ]; then return 0; fi
+    echo "+ $*" >>"$INSTALL_LOG"
+    "$@" >>"$INSTALL_LOG" 2>&1
 }
 
 # -std=c++17 -> -std=c++20 in mmcv's setup.py (the Linux flags only; MSVC's /std: flags are left alone).
@@ -135,7 +152,7 @@ else
     if [ "$FROM_SOURCE" = 0 ]; then
         # A wheel from PIP_FIND_LINKS / --wheels; --only-binary makes pip refuse the sdist here.
         log "looking for a prebuilt mmcv $MMCV_VERSION wheel (PIP_FIND_LINKS=${PIP_FIND_LINKS:-unset}${WHEELS:+, --wheels $WHEELS})"
-        if run "${PIP[@]}" "${FIND_LINKS[@]}" --only-binary=:all: --no-deps --force-reinstall "mmcv==$MMCV_VERSION"; then
+        if try_run "${PIP[@]}" "${FIND_LINKS[@]}" --only-binary=:all: --no-deps --force-reinstall "mmcv==$MMCV_VERSION"; then
             if [ "$DRY_RUN" = 1 ] || mmcv_ok; then
                 installed=1
             else

@@ -252,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:
+        base = sys.modules.get("vpeft.methods.base")  # not imported here: most commands need no torch
+        if base is not None and isinstance(err, base.MethodError):  # e.g. a new method missing an attribute
+            raise SystemExit(f"error: {err}") from None
+        raise
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ class ConfigError(ValueError):
     """The config is invalid; the message names the offending key."""
 
 
+def did_you_mean(name: str, valid) -> str:
+    """' (did you mean 'lora'?)' for a misspelled name, '' when nothing valid is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _key_path(parts) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
@@ -188,7 +196,8 @@ def suite_methods(suite_name: str, suite: dict, method_configs: dict[str, dict])
         return in_table_order(method_configs)
     unknown = [m for m in methods if m not in method_configs]
     if unknown:
-        raise ConfigError(f"suites.{suite_name}.methods: unknown method(s) {unknown}; "
+        hint = "".join(did_you_mean(m, method_configs) for m in unknown)
+        raise ConfigError(f"suites.{suite_name}.methods: unknown method(s) {unknown}{hint}; "
                           f"valid: {', '.join(sorted(method_configs))}")
     return list(methods)
 
@@ -201,7 +210,7 @@ def job_resources(config: dict, suite: dict) -> dict[str, int]:
 def check_known(kind: str, name: str, valid) -> None:
     """Raise a ConfigError listing the valid names when `name` is not one of them."""
     if name not in valid:
-        raise ConfigError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(sorted(valid))}")
+        raise ConfigError(f"unknown {kind} '{name}'{did_you_mean(name, valid)}; valid {kind}s: {', '.join(sorted(valid))}")
 
 
 def _method_layers(m_yaml: dict, suite: dict, suite_name: str, task: str) -> tuple[dict, dict]:

@@ -64,3 +64,14 @@ def finished_run_line(metrics: dict) -> str:
     return (f"done {metrics['suite']} / {metrics['method']} / {metrics['task']} (seed {metrics['seed']}): "
             f"{METRIC_LABELS.get(metric['name'], metric['name'])} {100 * float(metric['value']):.2f}%, "
             f"{int(metrics['params']['trainable']):,} trainable params, {wall:.1f} s")
+
+
+def tuned_line(result: dict) -> str:
+    """The console line of one finished search (vpeft.engine.tune): its best val200 score and setting."""
+    best = result["best"]
+    setting = ", ".join(f"{name.split('.', 1)[-1]}={value:.3g}" if isinstance(value, float)
+                        else f"{name.split('.', 1)[-1]}={value}" for name, value in sorted(best["params"].items()))
+    split = result.get("protocol", {}).get("eval_split") or "val"
+    return (f"tuned {result['suite']} / {result['method']} / {result['task']}: best {split} top-1 "
+            f"{100 * float(best['value']):.2f}% ({setting}), trial {best['trial']} of "
+            f"{result['counts']['finished']} ({result['counts']['pruned']} pruned)")

@@ -8,6 +8,11 @@ comes from one of two sources, per backbone:
   * estimated: the backbone's forward FLOPs per sample, counted by torch's FlopCounterMode on a
     meta-device model at the suite's input (nothing is allocated), x `train_flops_factor` for a training
     step, divided by the GPU's peak x an assumed utilisation (`cost_plan.gpu`, `cost_plan.mfu`).
+Method-aware: a training step costs `train_flops_factor` forwards when gradients flow through the
+backbone; one forward when they do not (linear probing, side-tuning: `needs_backbone_grad = False` or no
+backbone tensor trained), and a linear probe whose frozen features the feature cache holds (no augmentation,
+no drop-path, cache not off) runs the backbone once per training image, not once per epoch. Every seed is
+a job of its own; `gpu_hours` covers all seeds, `gpu_hours_per_seed` one.
 Estimates leave out what the method itself adds (small next to the backbone), the selection / search
 stages of GPS, SCT and NOAH, and for dense suites the neck and heads (so they are lower bounds).
 
@@ -36,6 +41,28 @@ class RunCost:
     gpu_hours: float    # all jobs
     source: str         # measured | estimated
     stage: str = "train"  # train | shift (the evaluate_shift stage: targets and WiSE-FT alphas)
+    seeds: int = 1      # jobs = tasks x seeds
+    cost_model: str = "full backward"  # how a training step was priced (see the module docstring)
+
+    @property
+    def gpu_hours_per_seed(self) -> float:
+        return self.gpu_hours / max(self.seeds, 1)
+
+
+def training_cost(method: str, run: dict) -> str:
+    """How a training step of `method` in `run` is priced: "cached features", "forward only" or
+    "full backward" (see the module docstring)."""
+    from .methods import get_method_class
+
+    training = run.get("training") or {}
+    frozen = method == "linear" or not get_method_class(method).needs_backbone_grad
+    if method == "linear":
+        augmented = bool(training.get("train_aug")) or (run.get("protocol") or {}).get("augmentation") not in (
+            None, "none")
+        cache = str(training.get("feature_cache", "auto")).lower() not in ("off", "false")
+        if cache and not augmented and not float(training.get("drop_path") or 0):
+            return "cached features"
+    return "forward only" if frozen else "full backward"
 
 
 def _split_size(suite: dict, task: str, split: str, dataset_sizes: dict) -> int:
@@ -138,13 +165,14 @@ def plan(config: dict, method_configs: dict, suites: list[str] | None = None) ->
         backbone = config["backbones"][suite["backbone"]]
         source = "measured" if suite["backbone"] in measured else "estimated"
 
-        def seconds_of(train: int, test: int) -> float:
+        def seconds_of(train_forwards: float, test: int, step: float = factor) -> float:
+            """`train_forwards` training samples at `step` forwards each (factor: a full backward)."""
             if suite["backbone"] in measured:
-                rate = measured[suite["backbone"]]
-                return train / rate["train"] + test / rate["eval"]
+                rate = measured[suite["backbone"]]  # measured: full fine-tuning's rate
+                return train_forwards * step / factor / rate["train"] + test / rate["eval"]
             flops = forward_flops(backbone["arch"], _input_shape(config, suite),
                                   tuple(sorted((backbone.get("model_kwargs") or {}).items())))
-            return train * factor * flops / (peak * mfu["train"]) + test * flops / (peak * mfu["eval"])
+            return train_forwards * step * flops / (peak * mfu["train"]) + test * flops / (peak * mfu["eval"])
 
         fewshot = suite_fewshot(name, suite)
         # (shots, seed) of each run of a task: the few-shot grid, or the config's seeds
@@ -157,15 +185,20 @@ def plan(config: dict, method_configs: dict, suites: list[str] | None = None) ->
                     resolve = resolve_dense_run if suite["kind"] == "dense" else resolve_run
                     run = resolve(config, resolved, method_configs, name, method, task, seed)
                     train, test = _work(suite, task, run["training"], run["protocol"], dataset_sizes, shots)
-                    seconds += seconds_of(train, test)
+                    model_name = "full backward" if suite["kind"] == "dense" else training_cost(method, run)
+                    train_forwards = train  # cached probe: one forward per training sample (the head is negligible)
+                    if model_name == "cached features":
+                        train_forwards = train / max(int(run["training"].get("epochs") or 1), 1)
+                    seconds += seconds_of(train_forwards, test, factor if model_name == "full backward" else 1.0)
                     jobs += 1
                     train_total, eval_total = train_total + train, eval_total + test
+            seeds = len({seed for _, seed in grid})
             rows.append(RunCost(name, method, jobs, train_total // max(jobs, 1), eval_total // max(jobs, 1),
-                                seconds / 3600, source))
+                                seconds / 3600, source, seeds=seeds, cost_model=model_name))
             if shift:
                 evaluated = _shift_eval_samples(resolved, name, method, shift, dataset_sizes, config, method_configs)
                 rows.append(RunCost(name, method, jobs, 0, evaluated, jobs * seconds_of(0, evaluated) / 3600, source,
-                                    stage="shift"))
+                                    stage="shift", seeds=seeds, cost_model="evaluation"))
     return rows
 
 
@@ -197,14 +230,16 @@ def _shift_eval_samples(suites: dict, name: str, method: str, shift: dict, datas
 
 def format_plan(rows: list[RunCost], config: dict) -> str:
     gpu = config["cost_plan"]["gpu"]["name"]
-    lines = [f"{'suite':<14} {'method':<18} {'jobs':>5} {'train samples/job':>18} {'eval samples/job':>17} "
-             f"{'GPU-hours':>10}  source"]
+    seeds = config.get("seeds") or [None]
+    lines = [f"seeds: {', '.join(str(s) for s in seeds)} (every seed is a job; GPU-h/seed is one seed's share)",
+             f"{'suite':<14} {'method':<18} {'jobs':>5} {'train samples/job':>18} {'eval samples/job':>17} "
+             f"{'GPU-hours':>10} {'GPU-h/seed':>10}  source, training step"]
     for suite in dict.fromkeys(r.suite for r in rows):
         part = [r for r in rows if r.suite == suite]
         for r in part:
             method = r.method if r.stage == "train" else f"{r.method} +{r.stage}"
             lines.append(f"{r.suite:<14} {method:<18} {r.jobs:>5} {r.train_samples:>18,} {r.eval_samples:>17,} "
-                         f"{r.gpu_hours:>10.1f}  {r.source}")
+                         f"{r.gpu_hours:>10.1f} {r.gpu_hours_per_seed:>10.1f}  {r.source}, {r.cost_model}")
         lines.append(f"{suite + ' total':<33} {sum(r.jobs for r in part):>5} {'':>18} {'':>17} "
                      f"{sum(r.gpu_hours for r in part):>10.1f}")
     total = sum(r.gpu_hours for r in rows)

@@ -14,6 +14,7 @@ from vpeft.config import (  # noqa: E402
     check_run_settings,
     coerce_command_line_strings,
     data_root,
+    did_you_mean,
     load_method_configs,
     method_search_space,
     resolve_run,
@@ -325,13 +326,19 @@ def explain_unknown_target(wildcards):
     parts = Path(wildcards.path).parts
     suite = parts[0]
     if suite not in SUITES:
-        raise WorkflowError(f"unknown suite '{suite}' in results/{wildcards.path}; valid suites: "
+        raise WorkflowError(f"unknown suite '{suite}' in results/{wildcards.path}{did_you_mean(suite, SUITES)}; valid suites: "
                             f"{', '.join(sorted(SUITES))}")
+    if len(parts) > 1 and parts[1] in METHOD_CONFIGS and parts[1] not in SUITE_METHODS[suite]:
+        raise WorkflowError(f"method '{parts[1]}' is not one of suite '{suite}''s methods: add it to "
+                            f"suites.{suite}.methods in config/config.yaml (it then stays in the report), or "
+                            f"run --config 'suites={{{suite}: {{methods: [{parts[1]}]}}}}' for this run only")
     if len(parts) > 1 and parts[1] not in SUITE_METHODS[suite] and parts[1] != "table.csv":
-        raise WorkflowError(f"unknown method '{parts[1]}' for suite '{suite}'; valid methods: "
+        raise WorkflowError(f"unknown method '{parts[1]}' for suite '{suite}'{did_you_mean(parts[1], SUITE_METHODS[suite])}; "
+                            f"valid methods: "
                             f"{', '.join(SUITE_METHODS[suite])}")
     if len(parts) > 2 and parts[2] not in SUITES[suite]["tasks"] and parts[2] != "summary.json":
-        raise WorkflowError(f"unknown task '{parts[2]}' in suite '{suite}'; valid tasks: "
+        raise WorkflowError(f"unknown task '{parts[2]}' in suite '{suite}'{did_you_mean(parts[2], SUITES[suite]['tasks'])}; "
+                            f"valid tasks: "
                             f"{', '.join(SUITES[suite]['tasks'])}")
     raise WorkflowError(f"no rule builds results/{wildcards.path}")
 

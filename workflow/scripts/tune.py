@@ -15,10 +15,11 @@ from vpeft.worker import hand_over  # noqa: E402
 hand_over("vpeft.engine.tune")  # in the warm worker when there is one
 
 from vpeft.engine.tune import run_search  # noqa: E402
-from vpeft.logs import log_to_file  # noqa: E402
+from vpeft.logs import console, log_to_file, tuned_line  # noqa: E402
 
 log_to_file(snakemake.log[0])
 settings = dict(snakemake.params.settings)
 space = settings.pop("space")
-run_search(snakemake.params.run, space, settings, snakemake.output.tuned, snakemake.params.study_dir,
-           threads=snakemake.threads)
+result = run_search(snakemake.params.run, space, settings, snakemake.output.tuned, snakemake.params.study_dir,
+                    threads=snakemake.threads)
+console(tuned_line(result))

@@ -11,11 +11,26 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _METHODS: dict[str, type[PeftMethod]] = {}
 
 
+#: What every method class must set (README "Add a method"), and what each attribute is.
+REQUIRED = {
+    "name": "the method's name in configs and targets (lowercase words joined by hyphens)",
+    "config_cls": "the MethodConfig dataclass holding its hyper-parameters and their defaults",
+    "category": f"the report's family, one of {', '.join(CATEGORIES)}",
+    "paper": "the reference and year",
+    "provenance": "how it was verified: official_code(...), from_paper(...) or variant(...)",
+}
+
+
 def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
     """Class decorator: validate and register a method. Called once per method module."""
     name = getattr(cls, "name", None)
+    where = f"method class {cls.__name__} ({cls.__module__})"
+    missing = [attr for attr in REQUIRED if not getattr(cls, attr, None)]
+    if missing:
+        raise MethodError(f"{where} does not set {', '.join(missing)}: "
+                          + "; ".join(f"{attr} = {REQUIRED[attr]}" for attr in missing))
     if not isinstance(name, str) or not _NAME.match(name):
-        raise MethodError(f"method name {name!r} must be lowercase words joined by hyphens")
+        raise MethodError(f"{where}: method name {name!r} must be lowercase words joined by hyphens")
     if name in _METHODS and _METHODS[name] is not cls:
         raise MethodError(f"method name '{name}' is already registered by {_METHODS[name].__module__}")
     if getattr(cls, "category", None) not in CATEGORIES:
@@ -24,8 +39,7 @@ def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
     if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)
             and dataclasses.is_dataclass(config_cls)):
         raise MethodError(f"method '{name}': config_cls must be a MethodConfig dataclass")
-    provenance = getattr(
-        cls, "provenance", None)
+    provenance = getattr(cls, "provenance", None)
     if not isinstance(provenance, Provenance):
         raise MethodError(f"method '{name}': set `provenance` (official_code / from_paper / variant) "
                           f"to say how the implementation was verified")
@@ -52,7 +66,10 @@ def in_table_order(names) -> list[str]:
 def get_method_class(name: str) -> type[PeftMethod]:
     _ensure_loaded()
     if name not in _METHODS:
-        raise MethodError(f"unknown method '{name}'; valid methods: {', '.join(sorted(_METHODS))}")
+        from vpeft.config import did_you_mean
+
+        raise MethodError(f"unknown method '{name}'{did_you_mean(name, _METHODS)}; "
+                          f"valid methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 

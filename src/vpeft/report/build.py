@@ -26,6 +26,13 @@ def build_report(run_paths, suites: dict[str, dict], out_path: str | Path, bench
     context["backbones"] = backbone_comparison(runs, suites)  # suites of the same data on several backbones
     context["fewshot"] = fewshot_context(runs, suites) or None
     context["shift"] = shift_context(shift_paths, suites) or None
-    context["speed"] = load_speed_benchmark(bench_path) if bench_path else None
+    if bench_path:
+        from vpeft.provenance import git_state
+
+        state = git_state()
+        current = state["git_commit"] if not state["git_dirty"] else None  # uncommitted code: nothing is current
+        context["speed"] = load_speed_benchmark(bench_path, current_commit=current)
+    else:
+        context["speed"] = None
     context["tuning"] = tuning_context(tuned_paths, suites) if tuned_paths else None
     render_report(context, out_path)

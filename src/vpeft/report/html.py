@@ -484,6 +484,7 @@ def _suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any], *,
         "cost_devices": ", ".join(devices) or "not recorded",
         "cost_memory_kinds": ", ".join(_MEMORY_KINDS.get(k, k) for k in kinds),
         "ppt_note": _ppt_note(table["params"].tolist()),
+        "throughput_unit": "clips/s" if cfg.get("kind") == "video" else "img/s",
     }
 
 
@@ -668,6 +669,39 @@ def _dense_suite_context(runs: pd.DataFrame, name: str, cfg: Mapping[str, Any]) 
                                                     efficiency_table(runs, name, methods)))}
 
 
+def _controls(suites: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Control suites (e.g. vtab-mini-scratch: the same tasks on a random-init backbone) -> the suite they
+    control: an image suite extending another suite of the report, with its tasks, another backbone and
+    only methods the parent runs. They are shown as rows of the parent's table, not as sections."""
+    out = {}
+    for name, cfg in suites.items():
+        parent = suites.get(cfg.get("base_suite") or "")
+        if (parent is not None and cfg.get("kind", "image") == parent.get("kind", "image") == "image"
+                and list(cfg.get("tasks") or []) == list(parent.get("tasks") or [])
+                and cfg.get("backbone") != parent.get("backbone")
+                and set(cfg.get("methods") or []) <= set(parent.get("methods") or [])):
+            out[name] = cfg["base_suite"]
+    return out
+
+
+def _merge_control(parent: dict[str, Any], control: dict[str, Any], cfg: Mapping[str, Any]) -> None:
+    """The control's rows (labelled with its backbone; never marked best), failures and cost go into the
+    parent's context; the parent's notes already hold the comparison sentence (vpeft.report.findings)."""
+    backbone = str(cfg.get("backbone") or control["name"]).split(" (")[0]
+    label = f"control ({backbone})"
+    for row in control["rows"]:
+        row = {**row, "method": f"{label}: {row['method']}", "family": "control", "family_title": label,
+               "reference": cfg.get("title"), "published": None, "verified": None, "mergeable": False}
+        for key in ("cells", "groups"):
+            row[key] = [{**c, "best": False} for c in row[key]]
+        for key in ("mean", "ppt"):
+            row[key] = {**row[key], "best": False}
+        parent["rows"].append(row)
+    parent["failures"] += [{**f, "method": f"{label}: {f['method']}"} for f in control["failures"]]
+    parent["cost"] += [{**c, "method": f"{label}: {c['method']}"} for c in control["cost"]]
+    parent.setdefault("controls", []).append(control["name"])
+
+
 def build_context(
     runs: pd.DataFrame,
     suites: dict[str, dict],
@@ -684,12 +718,15 @@ def build_context(
         generated: generation time (default: now, UTC); pass a fixed value for reproducible output.
     """
     generated = generated or datetime.now(timezone.utc)
+    contexts = {name: _dense_suite_context(runs, name, cfg) if cfg.get("kind") == "dense" else
+                _suite_context(runs, name, cfg) for name, cfg in suites.items()}
+    for name, parent in _controls(suites).items():
+        _merge_control(contexts[parent], contexts.pop(name), suites[name])
     return {
         "title": title,
         "generated": generated.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "provenance": _provenance(runs),
-        "suites": [_dense_suite_context(runs, name, cfg) if cfg.get("kind") == "dense" else
-                   _suite_context(runs, name, cfg) for name, cfg in suites.items()],
+        "suites": list(contexts.values()),
         "speed": None,  # vpeft.report.speed.load_speed_benchmark(...) to show the speed benchmark
         "tuning": None,  # vpeft.report.tuning.tuning_context(...) to show the hyper-parameter sensitivity
         "fewshot": None,  # vpeft.report.protocols.fewshot_context(...): few-shot curves and tables

@@ -1,0 +1,7 @@
+"""`python -m vpeft ...`: the same command line as the `vpeft` console script."""
+
+import sys
+
+from vpeft.cli import main
+
+sys.exit(main())
