@@ -114,19 +114,19 @@ def test_a_method_missing_an_attribute_is_one_clear_line(monkeypatch):
     class NoConfig(PeftMethod):
         name, category, paper, provenance = "no-config", "addition", "Me, 2026", from_paper("section 1")
 
-    with pytest.raises(MethodError, match=r"^method class NoConfig \(.*\) does not set config_cls: config_cls = "
+    with pytest.raises(MethodError, match=r"^method class NoConfig \(.*\) does not set `config_cls`: config_cls = "
                                           r"the MethodConfig dataclass"):
         register_method(NoConfig)
 
     class Bare(PeftMethod):
         pass
 
-    with pytest.raises(MethodError, match="does not set name, config_cls, category, paper, provenance"):
+    with pytest.raises(MethodError, match="does not set `name`, `config_cls`, `category`, `paper`, `provenance`"):
         register_method(Bare)
 
     def broken(args):  # what discovery raises when such a module is imported
         register_method(NoConfig)
 
     monkeypatch.setattr("vpeft.cli.cmd_methods", broken)
-    with pytest.raises(SystemExit, match="^error: method class NoConfig .* does not set config_cls"):
+    with pytest.raises(SystemExit, match="^error: method class NoConfig .* does not set `config_cls`"):
         main(["methods"])

@@ -54,7 +54,7 @@ def test_the_table_has_every_kind_and_hst_is_not_silently_official():
     (Provenance("guess", why="x"), "kind must be one of"),
 ])
 def test_registering_without_a_complete_provenance_is_refused(bad, message):
-    attrs = {"name": "probe-method", "category": "addition", "config_cls": MethodConfig}
+    attrs = {"name": "probe-method", "category": "addition", "config_cls": MethodConfig, "paper": "Probe, 2026"}
     if bad is not None:
         attrs["provenance"] = bad
     with pytest.raises(MethodError, match=re.escape(message)):

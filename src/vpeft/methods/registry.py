@@ -27,7 +27,7 @@ def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
     where = f"method class {cls.__name__} ({cls.__module__})"
     missing = [attr for attr in REQUIRED if not getattr(cls, attr, None)]
     if missing:
-        raise MethodError(f"{where} does not set {', '.join(missing)}: "
+        raise MethodError(f"{where} does not set {', '.join(f'`{attr}`' for attr in missing)}: "
                           + "; ".join(f"{attr} = {REQUIRED[attr]}" for attr in missing))
     if not isinstance(name, str) or not _NAME.match(name):
         raise MethodError(f"{where}: method name {name!r} must be lowercase words joined by hyphens")
