@@ -888,6 +888,9 @@ NO_TRAIN_REFERENCE = {
     "hst": "test_method_hst.py compares the official prepended sequence",
     "snf": "test_method_snf.py compares the official flows",
 }
+# the peft family is not a port: its layers are huggingface peft's own code, run as installed
+NO_TRAIN_REFERENCE.update({n: "peft's own layers, not a port (test_method_hf_peft.py)" for n in CASES
+                           if n.startswith("peft-")})
 
 
 def test_every_official_code_port_has_a_training_reference_or_says_why_not():

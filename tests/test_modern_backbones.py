@@ -222,7 +222,7 @@ def test_real_size_architecture_and_counts_on_the_meta_device(name):
 # LAION's CLIP is OpenAI's with GELU): slow
 SAME_PATH = {"vit-l16-in21k", "clip-vitb16-laion2b"}
 SWEEP = [pytest.param(n, marks=pytest.mark.slow) if n in SAME_PATH else n for n in MODERN]
-NEEDS_WEIGHTS = {"hst", "lst"}  # build their side networks from the backbone's weights (not on meta)
+NEEDS_WEIGHTS = {"hst", "lst", "peft-boft"}  # side networks from the backbone's weights; BOFT reads tensor values
 
 
 @pytest.mark.parametrize("name", SWEEP)
