@@ -231,7 +231,7 @@ def test_a_damaged_run_file_is_one_line_naming_it_in_load_run_evaluate_export_an
     with pytest.raises(ArtifactError) as caught:
         load_run(run)
     message = str(caught.value)
-    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 300, message
+    assert message.startswith(f"{path}: ") and "\n" not in message and len(message) - len(str(path)) < 250, message
     for command in (["evaluate", str(run)], ["export", str(run), "--to", "timm" if name == "metrics.json" else "peft",
                                                  "--out", str(tmp_path / "out")]):
         with pytest.raises(SystemExit) as stopped:
