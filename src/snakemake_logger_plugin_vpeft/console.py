@@ -125,7 +125,7 @@ class Console:
         self.runs: dict[str, list[int]] = {}  # suite -> [ok, failed] training runs in this run
         self.reports: list[str] = []
         self.next_progress = 0.1          # fraction of the jobs at which the next progress line is due
-        self.last_progress = self.started
+        self.last_progress = None  # the first progress line is never held back (a short run still shows one)
         self.failed = False
         self.closed = False
 
@@ -185,7 +185,7 @@ class Console:
         done, total = int(record.done), int(record.total)
         now = self.clock()
         if ("progress" in self.quiet or total <= 0 or done >= total or done / total < self.next_progress
-                or now - self.last_progress < PROGRESS_SECONDS):
+                or (self.last_progress is not None and now - self.last_progress < PROGRESS_SECONDS)):
             return
         while done / total >= self.next_progress:
             self.next_progress += 0.1
